@@ -1,0 +1,69 @@
+"""The ``ecgfast`` command: ``synth``, ``ingest`` and ``info``. Argument parsing only; the library does the work."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _store_shape_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fs", type=float, default=500.0, help="sampling rate of the store in Hz (default 500)")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each record in the store (default 10)")
+    p.add_argument("--leads", type=int, choices=(8, 12), default=12,
+                   help="12 keeps the standard leads; 8 keeps I, II, V1-V6 and derives the rest on read")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecgfast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write the synthetic cohort to a store")
+    p.add_argument("dest", help="store path or fsspec URL")
+    p.add_argument("--patients", type=int, required=True, help="number of patients")
+    p.add_argument("--ecgs-per-patient", type=float, default=3.0, help="mean ECGs per patient, 1 to 5 (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    _store_shape_args(p)
+
+    p = sub.add_parser("ingest", help="ingest ECG files into a store")
+    p.add_argument("src", help="folder of source records")
+    p.add_argument("dest", help="store path or fsspec URL")
+    p.add_argument("--format", default="wfdb", help="source format (default wfdb)")
+    p.add_argument("--gain-uv", type=float, default=1.0, help="microvolts per stored integer unit (default 1)")
+    p.add_argument("--source-name", help="prefix of the record ids (default: the source folder's name)")
+    p.add_argument("--labels", help="CSV with a record_id column and one column per label")
+    p.add_argument("--patients", help="CSV with record_id and patient_key columns")
+    _store_shape_args(p)
+
+    p = sub.add_parser("info", help="print a store's summary")
+    p.add_argument("store", help="store path or fsspec URL")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "synth":
+            from ecgfast.synth import write_cohort
+
+            store = write_cohort(args.dest, args.patients, ecgs_per_patient=args.ecgs_per_patient, fs=args.fs,
+                                 seconds=args.seconds, leads=args.leads, seed=args.seed)
+            print(store.summary())
+        elif args.command == "ingest":
+            from ecgfast.ingest import ingest
+
+            report = ingest(args.src, args.dest, format=args.format, fs=args.fs, seconds=args.seconds,
+                            leads=args.leads, gain_uv=args.gain_uv, source_name=args.source_name,
+                            labels=args.labels, patients=args.patients)
+            print(report)
+        else:
+            from ecgfast.store import ECGStore
+
+            print(ECGStore.open(args.store).summary())
+    except ValueError as err:
+        print(f"ecgfast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
