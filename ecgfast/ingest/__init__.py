@@ -1,0 +1,1 @@
+"""Ingest ECG sources into an ECGStore."""

@@ -1,0 +1,1 @@
+"""Contrastive losses: the public API."""
