@@ -3,10 +3,10 @@
 For every view pair p = (a, b), a < b, in the order (0, 1), (0, 2), ..., (V-2, V-1), with S = scale * z[:, a] @
 z[:, b].T: ``row[p, i] = logsumexp_j S_ij`` and ``col[p, j] = logsumexp_i S_ij``.
 
-Forward: one launch over (row block, directed pair); direction (a, b) yields row[p], direction (b, a) yields col[p]
-as the row LSEs of S^T. 4 N^2 d FLOPs and 2 N^2 exps per pair. Backward: one program per (row block, view v) sums
-over every other view c the gradient sum_j dS_ij z_c[j], rebuilt from the saved LSEs, and owns its output rows:
-no atomics, so it is deterministic. 8 N^2 d FLOPs and 2 N^2 exps per pair (4 N^2 under the running max).
+Forward: one program per (row block, view v) sweeps every other view c: direction (a, b) yields row[p], direction
+(b, a) yields col[p] as the row LSEs of S^T. 4 N^2 d FLOPs and 2 N^2 exps per pair. Backward: one program per
+(row block, view v) sums over every other view c the gradient sum_j dS_ij z_c[j], rebuilt from the saved LSEs, and
+owns its output rows: no atomics, so it is deterministic. 8 N^2 d FLOPs and 2 N^2 exps per pair (4 N^2 under the running max).
 Memory beyond inputs and gradients: the (2P, N) LSEs and one float per program.
 """
 
@@ -19,17 +19,26 @@ from ._lse import autotune, check_inputs, launch_args, load_rows, meta, row_grad
 
 @autotune(backward=False)
 @triton.jit
-def _cross_lse_fwd(x, pairs, lse, n, d, stride_n, stride_v, scale2, shift2, FIXED_SHIFT: tl.constexpr,
+def _cross_lse_fwd(x, lse, n, d, stride_n, stride_v, V, P, scale2, shift2, FIXED_SHIFT: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr,
                    PRECISION: tl.constexpr):
-    q = tl.program_id(1)
-    r = tl.load(pairs + 2 * q)
-    c = tl.load(pairs + 2 * q + 1)
+    v = tl.program_id(1)
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    zr = load_rows(x + r * stride_v, rows, n, d, stride_n, BD, CAST_F32)
-    out = row_lse(zr, rows, x + c * stride_v, n, d, stride_n, scale2, shift2, False, FIXED_SHIFT, BN, BD,
-                  CAST_F32, PRECISION)
-    tl.store(lse + q.to(tl.int64) * n + rows, out, mask=rows < n)
+    zr = load_rows(x + v * stride_v, rows, n, d, stride_n, BD, CAST_F32)
+    for k in range(V - 1):
+        c = k + (k >= v).to(tl.int32)
+        out = row_lse(zr, rows, x + c * stride_v, n, d, stride_n, scale2, shift2, False, FIXED_SHIFT, BN, BD,
+                      CAST_F32, PRECISION)
+        tl.store(lse + _directed_pair(v, c, V, P).to(tl.int64) * n + rows, out, mask=rows < n)
+
+
+@triton.jit
+def _directed_pair(v, c, V, P):
+    """Row of the (2P, N) LSE buffer for rows of view v against columns of view c: the pair p = (min, max) in the
+    order (0, 1), (0, 2), ..., its row LSEs (p) when v < c, its column LSEs (P + p) when v > c."""
+    a = tl.minimum(v, c)
+    b = tl.maximum(v, c)
+    return a * (2 * V - a - 1) // 2 + b - a - 1 + P * (v > c).to(tl.int32)
 
 
 @autotune(backward=True)
@@ -43,21 +52,12 @@ def _cross_lse_bwd(x, lse, g, dx, dscale, n, d, stride_n, stride_v, V, P, scale,
     acc = tl.zeros([BM, BD], tl.float32)
     for k in range(V - 1):
         c = k + (k >= v).to(tl.int32)
-        a = tl.minimum(v, c)
-        b = tl.maximum(v, c)
-        p = a * (2 * V - a - 1) // 2 + b - a - 1
-        # Directed pair (v, c): its own row LSEs are row[p] when v is the pair's first view, else col[p].
-        mine = (p + P * (v > c).to(tl.int32)).to(tl.int64) * n
-        other = (p + P * (v < c).to(tl.int32)).to(tl.int64) * n
-        acc += row_grad(zr, rows, x + c * stride_v, lse + mine, lse + other, g + mine, g + other, n, d, stride_n,
-                        scale2, shift2, False, FIXED_SHIFT, BN, BD, CAST_F32, PRECISION)
+        mine = _directed_pair(v, c, V, P).to(tl.int64) * n
+        other = _directed_pair(c, v, V, P).to(tl.int64) * n
+        acc = row_grad(acc, zr, rows, x + c * stride_v, lse + mine, lse + other, g + mine, g + other, n, d, stride_n,
+                       scale2, shift2, False, FIXED_SHIFT, BN, BD, CAST_F32, PRECISION)
     store_grad(dx + v * stride_v, dscale + tl.program_id(1) * tl.num_programs(0) + tl.program_id(0), zr, acc, rows,
                n, d, stride_n, scale, BD)
-
-
-def _directed_pairs(num_views, device):
-    pairs = [(a, b) for a in range(num_views) for b in range(a + 1, num_views)]
-    return torch.tensor(pairs + [(b, a) for a, b in pairs], dtype=torch.int32, device=device)
 
 
 class CrossLSE(torch.autograd.Function):
@@ -69,9 +69,9 @@ class CrossLSE(torch.autograd.Function):
         scale_f, scale2, shift2, fixed = launch_args(z, scale)
         kw = meta(z)
         lse = torch.empty(2 * num_pairs, n, dtype=torch.float32, device=z.device)
-        grid = lambda m: (triton.cdiv(n, m["BM"]), 2 * num_pairs)
-        _cross_lse_fwd[grid](z, _directed_pairs(num_views, z.device), lse, n, d, z.stride(0), z.stride(1), scale2,
-                             shift2, FIXED_SHIFT=fixed, **kw)
+        grid = lambda m: (triton.cdiv(n, m["BM"]), num_views)
+        _cross_lse_fwd[grid](z, lse, n, d, z.stride(0), z.stride(1), num_views, num_pairs, scale2, shift2,
+                             FIXED_SHIFT=fixed, **kw)
         ctx.save_for_backward(z, lse)
         ctx.scale = scale
         ctx.args = (scale_f, scale2, shift2, fixed)

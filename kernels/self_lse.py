@@ -31,8 +31,8 @@ def _self_lse_bwd(x, lse, g, dx, dscale, n, d, stride_n, scale, scale2, shift2, 
                   PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     zr = load_rows(x, rows, n, d, stride_n, BD, CAST_F32)
-    acc = row_grad(zr, rows, x, lse, lse, g, g, n, d, stride_n, scale2, shift2, True, FIXED_SHIFT, BN, BD,
-                   CAST_F32, PRECISION)
+    acc = row_grad(tl.zeros([BM, BD], tl.float32), zr, rows, x, lse, lse, g, g, n, d, stride_n, scale2, shift2, True,
+                   FIXED_SHIFT, BN, BD, CAST_F32, PRECISION)
     store_grad(dx, dscale + tl.program_id(0), zr, acc, rows, n, d, stride_n, scale, BD)
 
 
