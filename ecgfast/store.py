@@ -79,6 +79,14 @@ class _ShardReader:
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self._threads = threads
 
+    @classmethod
+    def for_array(cls, array, records_per_shard: int, threads: int) -> _ShardReader | None:
+        """A reader for ``array``, or None when its layout (or this zarr-python's internals) is not the expected one."""
+        try:
+            return cls(array, records_per_shard, threads) if cls.supports(array) else None
+        except (ImportError, AttributeError, KeyError, TypeError):
+            return None
+
     @staticmethod
     def supports(array) -> bool:
         """Whether ``array`` has the layout written by ECGStore, which this reader decodes itself."""
@@ -200,7 +208,7 @@ class ECGStore:
         self._S = int(self._signals.shards[0]) if self._signals.shards else int(self._signals.chunks[0])
         self._n = int(self._signals.shape[0])
         threads = threads or min(8, os.cpu_count() or 1)
-        self._reader = _ShardReader(self._signals, self._S, threads) if _ShardReader.supports(self._signals) else None
+        self._reader = _ShardReader.for_array(self._signals, self._S, threads)
         self._arrays = {"signals": self._signals}  # zarr handles: opening one reads its metadata
         self._columns: dict[str, np.ndarray] = {}  # the per-record fields and labels/<name>, loaded on first use
         self._written: dict[str, int] = {}  # records of each column already in Zarr
@@ -475,15 +483,19 @@ class ECGStore:
             self._ids = set(self._column("record_id").tolist())
 
     def quantize(self, signals: np.ndarray, record_ids) -> np.ndarray:
-        """float millivolts -> int16 units of ``gain_uv``, rounded to nearest; a ValueError names a record out of range.
+        """float millivolts (B, L, T) -> int16 units of ``gain_uv``, rounded to nearest.
 
-        In float64, slice by slice: a float32 product could move a value across a rounding tie.
+        Raises a ValueError naming the first record with a value outside the int16 range (or not finite). Works
+        in float64, 32 records at a time: a float32 product could move a value across a rounding tie.
         """
         signals = np.asarray(signals)
         q = np.empty(signals.shape, np.int16)
         for a in range(0, len(signals), 32):
-            v = np.rint(signals[a : a + 32].astype(np.float64) * (1000.0 / self._gain_uv))
-            ok = np.isfinite(v).all(axis=(1, 2)) & (np.abs(v).max(axis=(1, 2), initial=0) <= INT16.max)
+            v = np.multiply(signals[a : a + 32], 1000.0 / self._gain_uv, dtype=np.float64)
+            np.rint(v, out=v)
+            flat = v.reshape(len(v), -1)
+            # NaN fails both comparisons, inf the range: either way the record is refused.
+            ok = (flat.min(axis=1, initial=0) >= INT16.min) & (flat.max(axis=1, initial=0) <= INT16.max)
             if not ok.all():
                 rid = record_ids[a + int(np.flatnonzero(~ok)[0])]
                 raise ValueError(f"record {rid}: values outside the int16 range at {self._gain_uv:g} uV per unit "
@@ -503,11 +515,13 @@ class ECGStore:
         fs_original=None,
         lead_valid=None,
         labels: Mapping[str, np.ndarray] | None = None,
+        raw: bool = False,
     ) -> range:
         """Append a batch of records and return their indices.
 
         Args:
-            signals: float32 millivolts (B, L, T) in the store's lead order, zeros after each record's length.
+            signals: float32 millivolts (B, L, T) in the store's lead order, zeros after each record's length;
+                with ``raw=True`` int16 units of ``gain_uv`` as :meth:`quantize` gives them.
             lengths: valid samples per record (B,).
             record_ids: unique ids (B,), ``<source name>/<relative path>``.
             patient_keys: the source's patient identifiers (B,); records of one key share a ``patient_id``.
@@ -542,7 +556,9 @@ class ECGStore:
             if rid in self._ids or rid in seen:
                 raise ValueError(f"record id {rid!r} is already in the store")
             seen.add(rid)
-        q = self.quantize(signals, record_ids)
+        if raw and signals.dtype != np.int16:
+            raise ValueError(f"raw signals must be int16, got {signals.dtype}")
+        q = signals if raw else self.quantize(signals, record_ids)
         if lead_valid is None:
             lead_valid = np.array([np.ptp(r[:, :n], axis=1) > 0 if n else np.zeros(L, bool)
                                    for r, n in zip(q, columns["length"])]).reshape(B, L)

@@ -71,6 +71,22 @@ def test_zarr_fallback_path_agrees_with_shard_reader(filled):
     np.testing.assert_array_equal(store.read(idx), fast_idx)
 
 
+def test_a_rechunked_store_is_read_through_zarr(tmp_path):
+    """Signals rewritten by other tools with another layout (here unsharded chunks of 4) still read correctly."""
+    x = _signals(9)
+    path = tmp_path / "re.zarr"
+    with ECGStore.create(path, LEADS12, 500, T, chunk_records=4) as store:
+        _append(store, x)
+    group = zarr.open_group(str(path), mode="r+")
+    raw = group["signals"][:]
+    del group["signals"]
+    group.create_array("signals", data=raw, chunks=(4, 12, T))
+    store = ECGStore.open(path)
+    assert store._reader is None
+    np.testing.assert_allclose(store.read([8, 1, 1]), _expected_mv(x)[[8, 1, 1]], rtol=2e-7, atol=1e-6)
+    np.testing.assert_array_equal(store.read_block(2, 7, raw=True), raw[2:7])
+
+
 def test_metadata_patients_and_labels(filled):
     path, _ = filled
     store = ECGStore.open(path)

@@ -186,7 +186,7 @@ def ingest(
     store = _open_or_create(ECGStore, dest, lead_names, fs, n_samples, gain_uv)
     report = IngestReport(source=str(src), dest=str(dest), format=format)
     batch_records = batch_records or store.chunk_records
-    batch: list[tuple[int, Record, tuple]] = []
+    batch: list[tuple[int, Record, tuple, np.ndarray]] = []  # (position, record, converted, int16)
     bad: list[tuple[str, str, str]] = []  # (record id, level, reason)
 
     def store_batch():
@@ -194,7 +194,7 @@ def ingest(
             return
         pos = [b[0] for b in batch]
         store.append(
-            np.stack([b[2][0] for b in batch]),
+            np.stack([b[3] for b in batch]),
             lengths=[b[2][1] for b in batch],
             record_ids=[f"{source_name}/{b[1].item}" for b in batch],
             patient_keys=[keys[p] or b[1].patient_key or f"{source_name}/{b[1].item}" for p, b in zip(pos, batch)],
@@ -203,6 +203,7 @@ def ingest(
             fs_original=[b[1].fs for b in batch],
             lead_valid=np.stack([b[2][2] for b in batch]),
             labels={name: values[pos] for name, values in label_values.items()},
+            raw=True,
         )
         report.stored += len(batch)
         batch.clear()
@@ -213,7 +214,7 @@ def ingest(
             try:
                 record = reader.read(item)
                 converted = convert(record, lead_names, fs, n_samples)
-                store.quantize(converted[0][None], [rid])
+                quantized = store.quantize(converted[0][None], [rid])[0]
             except SkipRecord as err:
                 bad.append((rid, "skip", f"{err.reason} {err.detail}".rstrip()))
                 report.skipped[err.reason] += 1
@@ -225,7 +226,7 @@ def ingest(
             for reason, detail in converted[3]:
                 bad.append((rid, "warn", f"{reason} {detail}"))
                 report.warned[reason] += 1
-            batch.append((pos, record, converted))
+            batch.append((pos, record, converted, quantized))
             if len(batch) >= batch_records:
                 store_batch()
         store_batch()
