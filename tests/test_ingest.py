@@ -174,6 +174,24 @@ def test_a_store_of_another_shape_is_refused_and_left_unchanged(tmp_path, data_d
     assert len(ECGStore.open(dest)) == 1
 
 
+def test_a_second_run_adds_only_new_records_and_a_second_source_appends(tmp_path):
+    t = np.arange(500)
+    wave = np.stack([np.rint(500 * np.sin(2 * np.pi * t / (60 + k))) for k in range(12)])
+    for name in ("a", "b"):
+        _write_wfdb(tmp_path / "one", name, wave, list(LEADS12))
+    dest = tmp_path / "s.zarr"
+    assert ingest(tmp_path / "one", dest, seconds=1, progress=False).stored == 2
+    _write_wfdb(tmp_path / "one", "c", wave, list(LEADS12))
+    again = ingest(tmp_path / "one", dest, seconds=1, progress=False)
+    assert (again.stored, again.already_stored) == (1, 2) and "already stored 2" in str(again)
+    _write_wfdb(tmp_path / "two", "a", wave, list(LEADS12))
+    ingest(tmp_path / "two", dest, seconds=1, progress=False)
+    store = ECGStore.open(dest)
+    assert store.record_ids.tolist() == ["one/a", "one/b", "one/c", "two/a"]
+    assert store.patient_ids.tolist() == [0, 1, 2, 3]
+    assert [s["source_name"] for s in store.attrs["provenance"]["sources"]] == ["one", "one", "two"]
+
+
 def test_cli_ingest_and_info(data_dir, tmp_path, capsys):
     dest = tmp_path / "cli.zarr"
     assert main(["ingest", str(data_dir / "ptb_frank"), str(dest), "--leads", "8", "--seconds", "2",
