@@ -214,6 +214,7 @@ class ECGStore:
         self._written: dict[str, int] = {}  # records of each column already in Zarr
         self._pending: list[np.ndarray] = []  # int16 records from the last shard boundary on, not all written yet
         self._pending_start = self._n  # index of the first pending record (a shard boundary once loaded)
+        self._label_names: set[str] | None = None
         self._patients: dict[str, int] | None = None
         self._ids: set[str] | None = None
 
@@ -375,7 +376,9 @@ class ECGStore:
 
     @property
     def label_names(self) -> list[str]:
-        return sorted(set(self._group["labels"].array_keys()) | {k[7:] for k in self._columns if k.startswith("labels/")})
+        if self._label_names is None:  # listed once: appends ask for it on every batch
+            self._label_names = set(self._group["labels"].array_keys())
+        return sorted(self._label_names)
 
     @property
     def labels(self) -> dict[str, np.ndarray]:
@@ -565,12 +568,6 @@ class ECGStore:
         columns["lead_valid"] = np.asarray(lead_valid, bool)
         if columns["lead_valid"].shape != (B, L):
             raise ValueError(f"lead_valid must have shape ({B}, {L}), got {columns['lead_valid'].shape}")
-        ids = []
-        for key in columns["patient_key"].tolist():
-            if key not in self._patients:
-                self._patients[key] = len(self._patients)
-            ids.append(self._patients[key])
-        columns["patient_id"] = np.asarray(ids, np.int64)
         for name, values in (labels or {}).items():
             values = np.asarray(values, np.float32)
             if values.shape != (B,):
@@ -578,13 +575,21 @@ class ECGStore:
             columns[f"labels/{name}"] = values
         for name in self.label_names:
             columns.setdefault(f"labels/{name}", np.full(B, np.nan, np.float32))
+        # Last, after every check: ids are handed out only to records that are stored, so they stay dense.
+        ids = []
+        for key in columns["patient_key"].tolist():
+            if key not in self._patients:
+                self._patients[key] = len(self._patients)
+            ids.append(self._patients[key])
+        columns["patient_id"] = np.asarray(ids, np.int64)
 
-        start = self._n
+        start, known = self._n, set(self.label_names)
         for name, values in columns.items():
-            if name in FIELDS or name[7:] in self.label_names:
+            if name in FIELDS or name[7:] in known:
                 self._column(name)
             else:  # a new label: unknown for the records before
                 self._columns[name], self._written[name] = np.full(self._n, np.nan, np.float32), 0
+                self._label_names.add(name[7:])
             self._extend(name, values)
         self._ids.update(record_ids)
         self._n += B
