@@ -14,6 +14,7 @@ This is the only module of ecgfast that touches Zarr; zarr, numcodecs and fsspec
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -66,11 +67,13 @@ class _ShardReader:
 
     def __init__(self, array, records_per_shard: int, threads: int):
         from numcodecs import Blosc
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         self._store, self._prefix = array.store, array.path
         self._proto, self._sync = default_buffer_prototype(), sync
+        self._range, self._suffix = RangeByteRequest, SuffixByteRequest
         self._blosc = Blosc()  # the Blosc frame header says how it was compressed
         self._S = records_per_shard
         self._index_bytes = 16 * records_per_shard + 4  # (offset, nbytes) uint64 pairs + crc32c
@@ -130,14 +133,10 @@ class _ShardReader:
                 return [os.pread(fd, b - a, a) for a, b in ranges]
             finally:
                 os.close(fd)
-        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
-
         async def get_all(requests):
-            import asyncio
-
             return await asyncio.gather(*(self._store.get(key, self._proto, r) for r in requests))
 
-        requests = [SuffixByteRequest(self._index_bytes)] if ranges is None else [RangeByteRequest(a, b) for a, b in ranges]
+        requests = [self._suffix(self._index_bytes)] if ranges is None else [self._range(a, b) for a, b in ranges]
         bufs = self._sync(get_all(requests))
         if bufs[0] is None:
             return None
@@ -145,6 +144,7 @@ class _ShardReader:
         return bufs[0] if ranges is None else bufs
 
     def _index(self, shard: int) -> np.ndarray | None:
+        # The index's crc32c is not checked: a corrupt entry points Blosc at bytes whose frame header it rejects.
         if shard not in self._indexes:
             raw = self._fetch(shard, None)
             self._indexes[shard] = None if raw is None else np.frombuffer(raw, "<u8", 2 * self._S).reshape(self._S, 2)
