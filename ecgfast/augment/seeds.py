@@ -9,6 +9,8 @@ own triple, whatever the batch, the thread count or the process.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 # Constants of numpy/random/bit_generator.pyx (SeedSequence).
@@ -19,6 +21,17 @@ _MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
 _MASK = 0xFFFFFFFF
 # Each augmentation step reads its own range of a sample's words, so enabling one step never shifts another's draws.
 _STREAM_WORDS = 1 << 24
+
+
+@lru_cache(maxsize=64)
+def _hash_constants(start: int, n: int) -> np.ndarray:
+    """The hash constants INIT_B x MULT_B**k (mod 2**32) of output words k = start .. start + n - 1."""
+    first = _INIT_B * pow(_MULT_B, start, 1 << 32) & _MASK
+    powers = np.ones(n, np.uint32)
+    powers[1:] = np.cumprod(np.full(max(n - 1, 0), _MULT_B, np.uint32), dtype=np.uint32)  # wraps mod 2**32
+    constants = np.uint32(first) * powers
+    constants.setflags(write=False)
+    return constants
 
 
 def _int_words(value: int, name: str) -> list[int]:
@@ -81,9 +94,8 @@ class SampleStreams:
 
     def words(self, start: int, n: int) -> np.ndarray:
         """(B, n) uint32: words start .. start + n - 1 of each sample's ``generate_state`` output."""
-        k = np.arange(start, start + n)
-        const = np.array([pow(_MULT_B, int(i), 1 << 32) * _INIT_B & _MASK for i in k], np.uint32)
-        pool = np.stack(self._pool, axis=1)[:, k % _POOL]
+        const = _hash_constants(start, n)
+        pool = np.stack(self._pool, axis=1)[:, np.arange(start, start + n) % _POOL]
         value = pool ^ const
         value = value * (const * np.uint32(_MULT_B))
         return value ^ (value >> np.uint32(16))

@@ -25,15 +25,15 @@ def rotation_matrices(angles_deg) -> np.ndarray:
     """(N, 3, 3) float64 R = Rz Ry Rx from (N, 3) angles in degrees about X, Y, Z (right-handed)."""
     a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
     c, s = np.cos(a), np.sin(a)
-    one, zero = np.ones_like(c[:, 0]), np.zeros_like(c[:, 0])
-
-    def stack(rows):
-        return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
-
-    rx = stack([(one, zero, zero), (zero, c[:, 0], -s[:, 0]), (zero, s[:, 0], c[:, 0])])
-    ry = stack([(c[:, 1], zero, s[:, 1]), (zero, one, zero), (-s[:, 1], zero, c[:, 1])])
-    rz = stack([(c[:, 2], -s[:, 2], zero), (s[:, 2], c[:, 2], zero), (zero, zero, one)])
-    return rz @ ry @ rx
+    r = np.eye(3)
+    for axis in range(3):  # X, then Y, then Z: each rotates the plane of the two axes after it, cyclically
+        i, j = (axis + 1) % 3, (axis + 2) % 3
+        step = np.zeros((len(a), 3, 3))
+        step[:, axis, axis] = 1
+        step[:, i, i] = step[:, j, j] = c[:, axis]
+        step[:, i, j], step[:, j, i] = -s[:, axis], s[:, axis]
+        r = step @ r
+    return r
 
 
 def vcg_from_leads(x, matrix: str = "inverse_dower") -> np.ndarray:
@@ -49,8 +49,12 @@ def vcg_from_leads(x, matrix: str = "inverse_dower") -> np.ndarray:
     return np.einsum("vl,...lt->...vt", forward.astype(np.result_type(x.dtype, np.float32)), x)
 
 
-def vcg_maps(angles_deg, scales, matrix: str = "inverse_dower", keep_residual: bool = False) -> np.ndarray:
-    """(N, 8, 8) float64 maps on LEADS8 for (N, 3) angles in degrees and (N, 3) scales; see the module docstring."""
+def vcg_maps(angles_deg, scales, matrix: str = "inverse_dower", keep_residual: bool = False, select=None, expand=None):
+    """(N, L_out, L_in) float64 maps ``expand @ A @ select`` for (N, 3) angles in degrees and (N, 3) scales.
+
+    A is the 8 x 8 map on LEADS8 (see the module docstring); ``select`` (8, L_in) brings the input leads to LEADS8 and
+    ``expand`` (L_out, 8) takes LEADS8 to the output leads, both the identity by default.
+    """
     if matrix not in _MATRICES:
         raise ValueError(f"matrix must be one of {sorted(_MATRICES)}, got {matrix!r}")
     angles_deg, scales = np.asarray(angles_deg, np.float64), np.asarray(scales, np.float64)
@@ -58,11 +62,17 @@ def vcg_maps(angles_deg, scales, matrix: str = "inverse_dower", keep_residual: b
         raise ValueError(f"angles_deg and scales must both be (N, 3), got {angles_deg.shape} and {scales.shape}")
     if not (np.isfinite(angles_deg).all() and np.isfinite(scales).all()):
         raise ValueError("angles_deg and scales must be finite")
+    select = np.eye(8) if select is None else np.asarray(select, np.float64)
+    expand = np.eye(8) if expand is None else np.asarray(expand, np.float64)
     forward, back = _MATRICES[matrix]
-    vcg = rotation_matrices(angles_deg) * scales[:, :, None]  # diag(s) R
+    forward, back = forward @ select, expand @ back
+    core = rotation_matrices(angles_deg) * scales[:, :, None]  # diag(s) R
     if keep_residual:
-        return np.eye(8) + back @ (vcg - np.eye(3)) @ forward
-    return back @ vcg @ forward
+        core = core - np.eye(3)
+    # Two GEMMs over the whole batch rather than N tiny matrix products.
+    half = (core.reshape(-1, 3) @ forward).reshape(len(core), 3, -1)
+    maps = (back @ half.transpose(1, 0, 2).reshape(3, -1)).reshape(len(back), len(core), -1).transpose(1, 0, 2)
+    return maps + expand @ select if keep_residual else maps
 
 
 def vcg_transform(x, angles_deg, scales, matrix: str = "inverse_dower", keep_residual: bool = False, out=None):
@@ -87,9 +97,9 @@ def vcg_transform(x, angles_deg, scales, matrix: str = "inverse_dower", keep_res
         raise ValueError(f"x must be floating point, got {x.dtype}")
     if np.isnan(x).any():
         raise ValueError("x contains NaN")
-    maps = vcg_maps(angles_deg, scales, matrix, keep_residual)
-    if len(maps) != len(x):
-        raise ValueError(f"angles_deg has {len(maps)} rows for a batch of {len(x)}")
-    if x.shape[1] == 12:
-        maps = EXPAND_8_TO_12 @ maps @ selection_matrix(LEADS12, LEADS8)
+    if len(angles_deg) != len(x):
+        raise ValueError(f"angles_deg has {len(angles_deg)} rows for a batch of {len(x)}")
+    twelve = x.shape[1] == 12
+    maps = vcg_maps(angles_deg, scales, matrix, keep_residual, select=selection_matrix(LEADS12, LEADS8) if twelve else None,
+                    expand=EXPAND_8_TO_12 if twelve else None)
     return np.matmul(maps.astype(x.dtype), x, out=out)
