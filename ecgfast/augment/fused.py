@@ -21,6 +21,7 @@ from .steps import Augment, GaussianNoise
 from .vcg import selection_matrix, vcg_maps
 
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -79,9 +80,12 @@ def _fused_kernel(raw, src, starts, mask_starts, maps, mask_len, table, noise_sd
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers < threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecgfast-augment")
+    """The shared pool, grown to ``threads`` workers when a call asks for more."""
+    global _pool, _pool_size
+    if _pool is None or _pool_size < threads:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool, _pool_size = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecgfast-augment"), threads
     return _pool
 
 
