@@ -99,7 +99,9 @@ class ViewSpec:
         lengths = np.asarray(lengths, dtype=np.int64)
         slack = lengths - self.min_length  # room left to move the windows
         if (slack < 0).any():
-            raise ValueError(f"records shorter than the {self.min_length} samples these views need: {lengths[slack < 0]}")
+            raise ValueError(
+                f"records shorter than the {self.min_length} samples these views need: {lengths[slack < 0]}"
+            )
         offsets = np.arange(self.copies, dtype=np.int64) * self.window if self.mode == "segments" else 0
         if self.mode == "segments" and self.segments == "random":
             if u is None:

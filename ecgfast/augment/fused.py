@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -20,12 +21,11 @@ from ..views import ViewSpec
 from .steps import Augment, GaussianNoise
 from .vcg import selection_matrix, vcg_maps
 
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
-def _fused_kernel(raw, src, starts, mask_starts, maps, mask_len, table, noise_sd, noise_off, wander_on, wander, out, b0, b1):
+def _fused_kernel(
+    raw, src, starts, mask_starts, maps, mask_len, table, noise_sd, noise_off, wander_on, wander, out, b0, b1
+):
     # Inner loops index slices with range(n) only: an index that might be negative (start + t) makes Numba check
     # for wraparound on every access and keeps LLVM from vectorizing (measured: 4x slower).
     _, copies, leads, window = out.shape
@@ -79,14 +79,10 @@ def _fused_kernel(raw, src, starts, mask_starts, maps, mask_len, table, noise_sd
                                 kept[t] += wj * xj[t]
 
 
-def _executor(threads: int) -> ThreadPoolExecutor:
-    """The shared pool, grown to ``threads`` workers when a call asks for more."""
-    global _pool, _pool_size
-    if _pool is None or _pool_size < threads:
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-        _pool, _pool_size = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecgfast-augment"), threads
-    return _pool
+@lru_cache(maxsize=1)
+def _executor() -> ThreadPoolExecutor:
+    # One pool for the process, never resized, so that concurrent callers (the loader's threads) can share it.
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ecgfast-augment")
 
 
 def _lead_maps(store_leads, spec: ViewSpec, vcg: bool):
@@ -124,7 +120,8 @@ def _check_inputs(raw, lengths, store_leads, spec, gain_uv, out):
 
 
 def augment_batch(
-    raw, lengths, *, gain_uv, store_leads, spec: ViewSpec, augment: Augment, seed, epoch, positions, out=None, threads=None
+    raw, lengths, *, gain_uv, store_leads, spec: ViewSpec, augment: Augment, seed, epoch, positions, out=None,
+    threads=None,
 ):
     """Turn a raw int16 block into augmented float32 millivolt views, (B, C, L, T), in one fused pass.
 
@@ -189,7 +186,7 @@ def augment_batch(
         _fused_kernel(*args, 0, batch)
     else:
         bounds = np.linspace(0, batch, threads + 1).astype(int)
-        jobs = [_executor(threads).submit(_fused_kernel, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        jobs = [_executor().submit(_fused_kernel, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         for job in jobs:
             job.result()
     return out if target is None else target

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..views import ViewSpec
 from .seeds import SampleStreams
-from .vcg import _MATRICES
+from .vcg import MATRICES
 
 
 def _check(condition: bool, message: str):
@@ -79,7 +79,8 @@ class BaselineWander:
 
     def __post_init__(self):
         _check(np.isfinite(self.max_mv) and self.max_mv >= 0, f"BaselineWander.max_mv must be >= 0, got {self.max_mv}")
-        _check(0 <= self.min_hz <= self.max_hz, f"BaselineWander needs 0 <= min_hz <= max_hz, got {self.min_hz}, {self.max_hz}")
+        _check(0 <= self.min_hz <= self.max_hz,
+               f"BaselineWander needs 0 <= min_hz <= max_hz, got {self.min_hz}, {self.max_hz}")
 
     def draw(self, streams: SampleStreams, shape: tuple[int, ...]) -> np.ndarray:
         """(*shape, 3): amplitude in mV, phase in radians, frequency in Hz."""
@@ -109,10 +110,12 @@ class VCGAugment:
     stream = 4
 
     def __post_init__(self):
-        _check(np.isfinite(self.max_angle) and self.max_angle >= 0, f"VCGAugment.max_angle must be >= 0, got {self.max_angle}")
-        _check(np.isfinite(self.max_scale) and self.max_scale >= 1, f"VCGAugment.max_scale must be >= 1, got {self.max_scale}")
+        _check(np.isfinite(self.max_angle) and self.max_angle >= 0,
+               f"VCGAugment.max_angle must be >= 0, got {self.max_angle}")
+        _check(np.isfinite(self.max_scale) and self.max_scale >= 1,
+               f"VCGAugment.max_scale must be >= 1, got {self.max_scale}")
         _check(0 <= self.p_invert_scale <= 1, f"VCGAugment.p_invert_scale must be in [0, 1], got {self.p_invert_scale}")
-        _check(self.matrix in _MATRICES, f"VCGAugment.matrix must be one of {sorted(_MATRICES)}, got {self.matrix!r}")
+        _check(self.matrix in MATRICES, f"VCGAugment.matrix must be one of {sorted(MATRICES)}, got {self.matrix!r}")
 
     def draw(self, streams: SampleStreams, copies: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, C, 3) angles in degrees and (B, C, 3) scales."""

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..leads import DOWER, EXPAND_8_TO_12, INVERSE_DOWER, KORS, LEADS8, LEADS12, select_leads
 
-_MATRICES = {"inverse_dower": (INVERSE_DOWER, DOWER), "kors": (KORS, np.linalg.pinv(KORS))}
+# matrix name -> (leads -> VCG, VCG -> leads)
+MATRICES = {"inverse_dower": (INVERSE_DOWER, DOWER), "kors": (KORS, np.linalg.pinv(KORS))}
 
 
 def selection_matrix(names, wanted) -> np.ndarray:
@@ -41,9 +42,9 @@ def vcg_from_leads(x, matrix: str = "inverse_dower") -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[-2] not in (8, 12):
         raise ValueError(f"x must be (..., 8, T) in LEADS8 or (..., 12, T) in LEADS12 order, got shape {x.shape}")
-    if matrix not in _MATRICES:
-        raise ValueError(f"matrix must be one of {sorted(_MATRICES)}, got {matrix!r}")
-    forward = _MATRICES[matrix][0]
+    if matrix not in MATRICES:
+        raise ValueError(f"matrix must be one of {sorted(MATRICES)}, got {matrix!r}")
+    forward = MATRICES[matrix][0]
     if x.shape[-2] == 12:
         forward = forward @ selection_matrix(LEADS12, LEADS8)
     return np.einsum("vl,...lt->...vt", forward.astype(np.result_type(x.dtype, np.float32)), x)
@@ -55,8 +56,8 @@ def vcg_maps(angles_deg, scales, matrix: str = "inverse_dower", keep_residual: b
     A is the 8 x 8 map on LEADS8 (see the module docstring); ``select`` (8, L_in) brings the input leads to LEADS8 and
     ``expand`` (L_out, 8) takes LEADS8 to the output leads, both the identity by default.
     """
-    if matrix not in _MATRICES:
-        raise ValueError(f"matrix must be one of {sorted(_MATRICES)}, got {matrix!r}")
+    if matrix not in MATRICES:
+        raise ValueError(f"matrix must be one of {sorted(MATRICES)}, got {matrix!r}")
     angles_deg, scales = np.asarray(angles_deg, np.float64), np.asarray(scales, np.float64)
     if angles_deg.ndim != 2 or angles_deg.shape[1] != 3 or scales.shape != angles_deg.shape:
         raise ValueError(f"angles_deg and scales must both be (N, 3), got {angles_deg.shape} and {scales.shape}")
@@ -64,7 +65,7 @@ def vcg_maps(angles_deg, scales, matrix: str = "inverse_dower", keep_residual: b
         raise ValueError("angles_deg and scales must be finite")
     select = np.eye(8) if select is None else np.asarray(select, np.float64)
     expand = np.eye(8) if expand is None else np.asarray(expand, np.float64)
-    forward, back = _MATRICES[matrix]
+    forward, back = MATRICES[matrix]
     forward, back = forward @ select, expand @ back
     core = rotation_matrices(angles_deg) * scales[:, :, None]  # diag(s) R
     if keep_residual:
@@ -100,6 +101,6 @@ def vcg_transform(x, angles_deg, scales, matrix: str = "inverse_dower", keep_res
     if len(angles_deg) != len(x):
         raise ValueError(f"angles_deg has {len(angles_deg)} rows for a batch of {len(x)}")
     twelve = x.shape[1] == 12
-    maps = vcg_maps(angles_deg, scales, matrix, keep_residual, select=selection_matrix(LEADS12, LEADS8) if twelve else None,
-                    expand=EXPAND_8_TO_12 if twelve else None)
+    select, expand = (selection_matrix(LEADS12, LEADS8), EXPAND_8_TO_12) if twelve else (None, None)
+    maps = vcg_maps(angles_deg, scales, matrix, keep_residual, select=select, expand=expand)
     return np.matmul(maps.astype(x.dtype), x, out=out)
