@@ -123,6 +123,21 @@ def test_vcg_augment_draws_the_papers_distribution():
     assert (1 / scales[inverted]).max() <= 1.5
 
 
+def test_optional_steps_draw_their_distributions():
+    streams = SampleStreams(1, 2, np.arange(4000))
+    keep = LeadDropout(0.25).draw(streams, 2, 8)
+    assert keep.shape == (4000, 2, 8) and (~keep).mean() == pytest.approx(0.25, abs=0.01)
+    amplitude = AmplitudeScale(0.5, 2.0).draw(streams, 2)
+    assert amplitude.min() >= 0.5 and amplitude.max() <= 2.0 and amplitude.mean() == pytest.approx(1.25, abs=0.02)
+    amp, phase, hz = np.moveaxis(BaselineWander(0.2, 0.1, 0.4).draw(streams, (2, 8)), -1, 0)
+    assert 0 <= amp.min() and amp.max() <= 0.2 and 0 <= phase.min() and phase.max() <= 2 * np.pi
+    assert 0.1 <= hz.min() and hz.max() <= 0.4
+    offsets = GaussianNoise(0.1).draw(streams, (2, 8), 2500)
+    assert offsets.min() >= 0 and offsets.max() + 2500 <= len(GaussianNoise.table(2500))
+    table = GaussianNoise.table(2500)
+    assert abs(table.mean()) < 0.01 and table.std() == pytest.approx(1, abs=0.01)
+
+
 def test_fused_paper_pipeline_matches_numpy_reference():
     raw, spec, augment = raw_block(6, 8, 3001), ViewSpec(window=1001), Augment.paper()
     got = run(raw, spec, augment, gain_uv=2.5, lengths=[3001, 2000, 1001, 2500, 3001, 1700])
