@@ -250,6 +250,8 @@ def test_vcg_follows_the_frank_leads_of_a_real_heart(data_dir, matrix, minimum):
         (lambda: vcg_transform(np.full((1, 8, 10), np.nan), np.zeros((1, 3)), np.ones((1, 3))), "NaN"),
         (lambda: vcg_transform(np.zeros((1, 10, 10)), np.zeros((1, 3)), np.ones((1, 3))), "8, T"),
         (lambda: vcg_transform(np.zeros((2, 8, 10)), np.zeros((1, 3)), np.ones((1, 3))), "batch of 2"),
+        (lambda: run(np.full((2, 8, 600), np.nan), ViewSpec(window=500), Augment.paper()), "raw contains NaN"),
+        (lambda: run(raw_block(2, 8, 600).astype(np.int32), ViewSpec(window=500), Augment.paper()), "int16"),
         (lambda: run(raw_block(2, 12, 600), ViewSpec(window=500), Augment.paper()), "raw has 12 leads"),
         (lambda: run(raw_block(2, 8, 600), ViewSpec(window=500), Augment.paper(), lengths=[400, 450]),
          "longer than every record"),

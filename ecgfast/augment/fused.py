@@ -95,6 +95,8 @@ def _lead_maps(store_leads, spec: ViewSpec, vcg: bool):
 
 
 def _check_inputs(raw, lengths, store_leads, spec, gain_uv, out):
+    if np.issubdtype(raw.dtype, np.floating) and np.isnan(raw).any():
+        raise ValueError("raw contains NaN; augment_batch takes the store's int16 samples")
     if raw.ndim != 3 or raw.dtype != np.int16:
         raise ValueError(f"raw must be an int16 (B, L, T) block, got {raw.dtype} of shape {raw.shape}")
     if raw.shape[1] != len(store_leads):
@@ -181,7 +183,7 @@ def augment_batch(
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in (src, draws.starts, mask_starts, noise_off)]
     args = (raw, *ints[:3], maps, mask_len, table, float(noise_sd), ints[3], augment.wander is not None,
             np.ascontiguousarray(wander, dtype=np.float64), out)
-    threads = max(1, min(threads or len(os.sched_getaffinity(0)), batch))
+    threads = max(1, min(threads or os.cpu_count() or 1, batch))
     if threads == 1:
         _fused_kernel(*args, 0, batch)
     else:

@@ -1,8 +1,9 @@
 """The augmentation steps and the ``Augment`` pipeline that holds them.
 
-Each step validates its settings and draws its per-view parameters from a batch's ``SampleStreams``; the fused pass
-(``augment_batch``) applies them all in one go, in the fixed order crop -> noise and wander -> the linear map
-(VCG x amplitude x lead dropout) -> zero mask.
+Each step validates its settings and draws its per-view parameters from a batch's ``SampleStreams``, reading its
+own stream (the class attribute ``stream``) so that adding or removing a step never changes another's draws. The
+fused pass (``augment_batch``) applies them all in one go, in the fixed order crop -> noise and wander -> the linear
+map (VCG x amplitude x lead dropout) -> zero mask.
 """
 
 from __future__ import annotations
@@ -163,11 +164,11 @@ class ZeroMask:
     fraction: float = 0.5
     stream = 7
 
-
     def __post_init__(self):
         _check(0 <= self.fraction <= 1, f"ZeroMask.fraction must be in [0, 1], got {self.fraction}")
 
     def length(self, window: int) -> int:
+        """Zeroed samples per lead of a ``window``-sample view."""
         return round(self.fraction * window)
 
     def draw(self, streams: SampleStreams, copies: int, leads: int, window: int) -> np.ndarray:
