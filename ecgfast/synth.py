@@ -153,6 +153,14 @@ def _rotations(angles: np.ndarray) -> np.ndarray:
     return rz.reshape(shape) @ ry.reshape(shape) @ rx.reshape(shape)
 
 
+def _col(a: np.ndarray) -> np.ndarray:
+    return a[:, None]
+
+
+def _f32(a) -> np.ndarray:
+    return np.asarray(a, np.float32)
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
@@ -181,10 +189,10 @@ def _draws(seed: int, start: int, stop: int, n_beats: int):
     split_z = [_N_PATIENT_NORMALS, _N_PATIENT_NORMALS + MAX_ECGS * _N_ECG_NORMALS]
     for i in range(n):
         rng = np.random.default_rng(np.random.SeedSequence((seed, start + i)))
-        # One call per kind keeps the per-patient cost at a few microseconds; the RR block comes last so that
-        # the other traits do not depend on the recording's duration.
-        z = rng.standard_normal(split_z[1] + MAX_ECGS * n_beats)
+        # One call per kind keeps the per-patient cost at a few microseconds. The RR jitter comes last, so that a
+        # patient's traits and labels are the same at every rate and duration.
         u = rng.random(_N_PATIENT_UNIFORMS + MAX_ECGS * _N_ECG_UNIFORMS)
+        z = rng.standard_normal(split_z[1] + MAX_ECGS * n_beats)
         pz[i], ez_i, rr_i = np.split(z, split_z)
         ez[i], rr[i] = ez_i.reshape(MAX_ECGS, -1), rr_i.reshape(MAX_ECGS, -1)
         pu[i], eu[i] = u[:_N_PATIENT_UNIFORMS], u[_N_PATIENT_UNIFORMS:].reshape(MAX_ECGS, -1)
@@ -203,7 +211,7 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     mains_60 = u.take() < 0.5
     age = np.clip(62 + 14 * z.take(), 18, 95)
     severity = z.take() + 0.35 * (age - 62) / 14 + 0.3 * male  # LV dysfunction
-    low_lvef = severity + 0.45 * z.take() > 1.3
+    low_lvef = severity + 0.45 * z.take() > 1.2
     k_base = 0.55 * z.take()  # the patient's usual potassium, as a z-score
     build = np.exp(0.2 * z.take() - 0.12 * ~male)  # body habitus scales every voltage
     qrs_p = 88 + 6 * male + 10 * severity + 7 * z.take()
@@ -252,9 +260,8 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     # Waves P, Q, R, S, fragment, T ascending, T descending: amplitude vectors, per-axis centres (s from R), sigmas.
     qrs_on = -0.45 * qrs
     t_peak = qrs_on + qt - 2.2 * t_sigma
-    col = lambda a: a[:, None]  # noqa: E731
-    amp = np.stack([p_dir_p[pe] * col(p_ratio), q_dir_p[pe] * 0.15, r_dir, s_dir_p[pe] * 0.35,
-                    frag_dir_p[pe] * col(frag_p[pe]), t_dir * col(0.75 * t_ratio), t_dir * col(0.4 * t_ratio)], 1)
+    amp = np.stack([p_dir_p[pe] * _col(p_ratio), q_dir_p[pe] * 0.15, r_dir, s_dir_p[pe] * 0.35,
+                    frag_dir_p[pe] * _col(frag_p[pe]), t_dir * _col(0.75 * t_ratio), t_dir * _col(0.4 * t_ratio)], 1)
     amp *= qrs_mv[:, None, None]
     centre = np.stack([qrs_on - pr + 0.044, -0.30 * qrs, 0 * qrs, 0.26 * qrs, 0.10 * qrs,
                        t_peak - 0.4 * t_sigma, t_peak + 0.35 * t_sigma], 1)[:, :, None].repeat(3, 2)
@@ -263,7 +270,7 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     sigma = np.stack([np.full_like(qrs, 0.022), 0.07 * qrs, 0.12 * qrs, 0.09 * qrs, 0.035 * qrs,
                       1.1 * t_sigma, 0.6 * t_sigma], 1)
     nd_amp = nd_p[pe] * np.stack([0.15 * qrs_mv, 0.15 * t_ratio * qrs_mv], 1)[:, None]
-    nd_centre = np.stack([nd_shift_p[pe] * col(qrs), np.broadcast_to(col(t_peak + 0.3 * t_sigma), (len(pe), 8))], 2)
+    nd_centre = np.stack([nd_shift_p[pe] * _col(qrs), np.broadcast_to(_col(t_peak + 0.3 * t_sigma), (len(pe), 8))], 2)
     nd_sigma = np.stack([0.08 * qrs, 0.6 * t_sigma], 1)[:, None].repeat(8, 1)
 
     # Leads: Dower after the patient's axis and the recording's electrode placement, with per-lead gains.
@@ -273,12 +280,12 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     # Beats: RR with jitter and respiratory sinus arrhythmia; the first R falls up to one RR before the start.
     resp_hz, resp_phase = 0.2 + 0.13 * u.take(), 2 * np.pi * u.take()
     beat = np.arange(n_beats)
-    resp = np.sin(2 * np.pi * col(resp_hz) * beat * col(rr_s) + col(resp_phase))
-    rr_b = col(rr_s) * np.clip(1 + col(hrv_p[pe]) * rr_z + 0.03 * resp, 0.75, 1.3)
-    r_time = -col(u.take() * rr_s) + np.cumsum(rr_b, 1) - rr_b[:, :1]
+    resp = np.sin(2 * np.pi * _col(resp_hz) * beat * _col(rr_s) + _col(resp_phase))
+    rr_b = _col(rr_s) * np.clip(1 + _col(hrv_p[pe]) * rr_z + 0.03 * resp, 0.75, 1.3)
+    r_time = -_col(u.take() * rr_s) + np.cumsum(rr_b, 1) - rr_b[:, :1]
     pre = int(round(_PRE_S * fs))
     beat_start = np.round(r_time * fs).astype(np.int64) - pre
-    beat_gain = 1 + 0.04 * np.sin(2 * np.pi * col(resp_hz) * r_time + col(resp_phase))
+    beat_gain = 1 + 0.04 * np.sin(2 * np.pi * _col(resp_hz) * r_time + _col(resp_phase))
     n_placed = (beat_start < n_samples).sum(1)
 
     # Noise: baseline wander (respiration and drift), powerline and muscle noise, tens of microvolts.
@@ -287,7 +294,7 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     src_hz = np.stack([resp_hz, drift_hz, mains_hz], 1)
     src_phase = np.stack([resp_phase, drift_phase, mains_phase], 1)
     mains_mv = np.where(mains_hz < 0.45 * fs, 0.008 * np.exp(0.5 * z.take()), 0.0)
-    src_weight = np.stack([0.05 * z.take(8), 0.07 * z.take(8), col(mains_mv) * (0.5 + u.take(8))], 2)
+    src_weight = np.stack([0.05 * z.take(8), 0.07 * z.take(8), _col(mains_mv) * (0.5 + u.take(8))], 2)
     muscle = 0.012 * np.exp(0.5 * z.take())[:, None] * (0.3 + u.take(8))
     bank_off = (u.take(8) * (len(bank) - n_samples)).astype(np.int64)
 
@@ -300,16 +307,15 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
 
     patient = start + pe
     keys = np.array([f"p{p:06d}" for p in patient])
-    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     return Cohort(
         signals=signals, lead_names=tuple(lead_names), fs=fs, lengths=np.full(len(pe), n_samples, np.int32),
         patient_keys=keys, record_ids=np.array([f"synth/{k}/e{i}" for k, i in zip(keys, j)]),
-        age=f32(age[pe]), sex=male[pe].astype(np.int8),
-        labels={"low_lvef": f32(low_lvef[pe]), "high_potassium": f32(high_k)},
-        traits={"qrs_ms": f32(qrs * 1000), "heart_rate": f32(hr), "pr_ms": f32(pr * 1000), "qt_ms": f32(qt * 1000),
-                "t_r_ratio": f32(t_ratio), "t_width_ms": f32(t_sigma * 1000), "p_r_ratio": f32(p_ratio),
-                "qrs_t_angle": f32(np.degrees(angle)), "qrs_mv": f32(qrs_mv),
-                "lvef_severity": f32(severity[pe]), "potassium": f32(potassium)},
+        age=_f32(age[pe]), sex=male[pe].astype(np.int8),
+        labels={"low_lvef": _f32(low_lvef[pe]), "high_potassium": _f32(high_k)},
+        traits={"qrs_ms": _f32(qrs * 1000), "heart_rate": _f32(hr), "pr_ms": _f32(pr * 1000), "qt_ms": _f32(qt * 1000),
+                "t_r_ratio": _f32(t_ratio), "t_width_ms": _f32(t_sigma * 1000), "p_r_ratio": _f32(p_ratio),
+                "qrs_t_angle": _f32(np.degrees(angle)), "qrs_mv": _f32(qrs_mv),
+                "lvef_severity": _f32(severity[pe]), "potassium": _f32(potassium)},
     )
 
 

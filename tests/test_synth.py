@@ -200,3 +200,13 @@ def test_noise_amplitudes_realistic():
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         make_cohort(**kwargs)
+
+
+def test_patients_the_same_at_every_rate_and_duration():
+    """The demo's 100 Hz, 2.5 s cohort holds the same patients and labels as the 500 Hz, 10 s one."""
+    full, demo = make_cohort(5, seed=6), make_cohort(5, fs=100.0, seconds=2.5, leads=8, seed=6)
+    np.testing.assert_array_equal(full.record_ids, demo.record_ids)
+    for name in full.labels:
+        np.testing.assert_array_equal(full.labels[name], demo.labels[name])
+    for name in full.traits:
+        np.testing.assert_array_equal(full.traits[name], demo.traits[name])
