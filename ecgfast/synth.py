@@ -26,10 +26,12 @@ a cohort's first patients do not change when more are asked for, whatever the ba
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import njit
 
 from ecgfast.leads import DERIVED, DERIVED_FROM_I_II, DOWER, LEADS8, LEADS12, lead_index
 
@@ -37,6 +39,7 @@ MAX_ECGS = 5  # ECGs per patient: 1 to MAX_ECGS
 _PRE_S, _POST_S = 0.40, 0.70  # the beat template spans R - 0.40 s to R + 0.70 s
 _MIN_RR_S = 0.30  # shortest RR after jitter, which bounds the beats per recording
 _BANK_SAMPLES = 1 << 20
+_CHUNK_ECGS = 64  # ECGs per task of the rendering threads
 _N_PATIENT_NORMALS, _N_PATIENT_UNIFORMS = 80, 8
 _N_ECG_NORMALS, _N_ECG_UNIFORMS = 48, 32
 
@@ -300,10 +303,14 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
 
     signals = np.empty((len(pe), len(lead_names), n_samples), np.float32)
     derived = [(lead_names.index(d), *DERIVED_FROM_I_II[d]) for d in DERIVED if d in lead_names]
-    _render(signals, amp, (centre + _PRE_S) * fs, sigma * fs, int(round((_PRE_S + _POST_S) * fs)), lead_matrix,
-            nd_amp, (nd_centre + _PRE_S) * fs, nd_sigma * fs, beat_start, beat_gain, n_placed,
-            2 * np.pi * src_hz / fs, src_phase, src_weight, bank, bank_off, muscle,
-            np.array(lead_index(lead_names, LEADS8), np.int64), np.array(derived, np.float64).reshape(-1, 3))
+    kernel_args = (signals, amp, (centre + _PRE_S) * fs, sigma * fs, int(round((_PRE_S + _POST_S) * fs)),
+                   lead_matrix, nd_amp, (nd_centre + _PRE_S) * fs, nd_sigma * fs, beat_start, beat_gain, n_placed,
+                   2 * np.pi * src_hz / fs, src_phase, src_weight, bank, bank_off, muscle,
+                   np.array(lead_index(lead_names, LEADS8), np.int64), np.array(derived, np.float64).reshape(-1, 3))
+    # Threads over chunks of ECGs: the kernel releases the GIL, and compiles much faster than a prange loop.
+    chunks = range(0, len(pe), _CHUNK_ECGS)
+    with ThreadPoolExecutor(max(1, min(numba.get_num_threads(), len(chunks)))) as pool:
+        list(pool.map(lambda lo: _render(*kernel_args, lo, min(lo + _CHUNK_ECGS, len(pe))), chunks))
 
     patient = start + pe
     keys = np.array([f"p{p:06d}" for p in patient])
@@ -319,22 +326,26 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
     )
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _render(out, amp, centre, sigma, n_template, lead_matrix, nd_amp, nd_centre, nd_sigma, beat_start, beat_gain,
-            n_beats, src_omega, src_phase, src_weight, bank, bank_off, muscle, rows8, derived):
-    """Fill out (E, L, T): per ECG one beat template in 8 leads, placed at its beats, over its noise and wander.
+            n_beats, src_omega, src_phase, src_weight, bank, bank_off, muscle, rows8, derived, first_ecg, stop_ecg):
+    """Fill ECGs first_ecg..stop_ecg-1 of out (E, L, T): per ECG one beat template in 8 leads, placed at its beats, over its noise and wander.
 
     Times are in samples; centres are relative to the template's start. rows8 are the rows of I, II, V1-V6 in out;
     derived holds (row, coefficient of I, coefficient of II) for each limb lead computed from I and II.
     """
-    n_ecg, _, n_samples = out.shape
-    for e in prange(n_ecg):
+    n_samples = out.shape[2]
+    for e in range(first_ecg, stop_ecg):
         axes = np.zeros((3, n_template))
         for w in range(amp.shape[1]):
             for a in range(3):
                 _add_gaussian(axes[a], amp[e, w, a], centre[e, w, a], sigma[e, w])
-        template = lead_matrix[e] @ axes
+        template = np.zeros((8, n_template))
         for lead in range(8):
+            for a in range(3):
+                m = lead_matrix[e, lead, a]
+                for t in range(n_template):
+                    template[lead, t] += m * axes[a, t]
             for k in range(nd_amp.shape[2]):
                 _add_gaussian(template[lead], nd_amp[e, lead, k], nd_centre[e, lead, k], nd_sigma[e, lead, k])
 
@@ -366,7 +377,7 @@ def _render(out, amp, centre, sigma, n_template, lead_matrix, nd_amp, nd_centre,
                 row[t] = derived[d, 1] * lead_i[t] + derived[d, 2] * lead_ii[t]
 
 
-@njit(inline="always")
+@njit(nogil=True, cache=True)
 def _add_gaussian(y, amplitude, centre, sigma):
     """y[t] += amplitude * exp(-(t - centre)^2 / (2 sigma^2)) over centre +- 4 sigma."""
     if amplitude == 0.0:
