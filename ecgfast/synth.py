@@ -86,11 +86,13 @@ def make_cohort(n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 5
 
 
 def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 500.0, seconds: float = 10.0,
-                 leads: int = 12, seed: int = 0, batch_patients: int = 2048, overwrite: bool = False):
+                 leads: int = 12, seed: int = 0, batch_patients: int = 2048, overwrite: bool = False,
+                 progress: bool = True):
     """Generate the cohort in batches of ``batch_patients`` and append it to a new ``ECGStore`` at ``dest``.
 
     The store holds exactly what ``make_cohort`` with the same arguments returns (quantized to 1 µV), with labels
-    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL. Returns the store, open for reading.
+    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL, ``overwrite`` replaces a store there,
+    ``progress`` shows a bar. Returns the store, open for reading.
     """
     from tqdm.auto import tqdm
 
@@ -103,7 +105,7 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
     provenance = {"source": "ecgfast.synth", "n_patients": n_patients, "ecgs_per_patient": ecgs_per_patient,
                   "seconds": seconds, "seed": seed}
     store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite)
-    with store, tqdm(total=n_patients, unit="patient", desc="synth") as bar:
+    with store, tqdm(total=n_patients, unit="patient", desc="synth", disable=not progress) as bar:
         for start in range(0, n_patients, batch_patients):
             stop = min(start + batch_patients, n_patients)
             c = _generate(start, stop, bank, *shape)
