@@ -82,7 +82,7 @@ def make_cohort(n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 5
         seed: the cohort's seed; patient ``p`` draws from ``SeedSequence((seed, p))``.
     """
     shape = _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed)
-    return _generate(0, n_patients, _noise_bank(seed, fs), *shape)
+    return _generate(0, n_patients, _noise_bank(seed, fs, shape[1]), *shape)
 
 
 def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 500.0, seconds: float = 10.0,
@@ -101,7 +101,7 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
     shape = _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed)
     if batch_patients < 1:
         raise ValueError(f"batch_patients must be >= 1, got {batch_patients}")
-    bank = _noise_bank(seed, fs)
+    bank = _noise_bank(seed, fs, shape[1])
     provenance = {"source": "ecgfast.synth", "n_patients": n_patients, "ecgs_per_patient": ecgs_per_patient,
                   "seconds": seconds, "seed": seed}
     store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite)
@@ -132,14 +132,17 @@ def _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed):
     return lead_names, int(round(seconds * fs)), float(fs), float(ecgs_per_patient), int(seed)
 
 
-def _noise_bank(seed: int, fs: float) -> np.ndarray:
-    """Unit-RMS muscle noise band-limited to 20-150 Hz (or what fs allows), that recordings read at random offsets."""
+def _noise_bank(seed: int, fs: float, n_samples: int) -> np.ndarray:
+    """Unit-RMS muscle noise band-limited to 20-150 Hz (or what fs allows), that recordings read at random offsets.
+
+    At least 2**20 samples and twice a recording, so that recordings rarely share a stretch of it.
+    """
     from scipy.signal import butter, sosfilt
 
     # The spawn key keeps the bank's stream apart from every patient's SeedSequence((seed, p)).
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
     sos = butter(2, [min(20.0, 0.2 * fs), min(150.0, 0.4 * fs)], btype="band", fs=fs, output="sos")
-    bank = sosfilt(sos, rng.standard_normal(_BANK_SAMPLES))
+    bank = sosfilt(sos, rng.standard_normal(max(_BANK_SAMPLES, 2 * n_samples)))
     return (bank / bank.std()).astype(np.float32)
 
 
