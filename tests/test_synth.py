@@ -157,6 +157,23 @@ def test_labels_learnable_but_not_separable(demo_cohort, label):
     assert 0.65 < logistic_auroc(f, c.labels[label], train=patient % 2 == 0) < 0.95
 
 
+def test_labels_survive_vcg_rotation_and_scaling(demo_cohort):
+    """The pretraining's 3KG augmentation (rotations of +-45 degrees, per-axis scales of 1-1.5x or inverse) keeps
+    what carries the labels: features measured after it still predict both."""
+    from ecgfast.augment import vcg_transform
+
+    c, _ = demo_cohort
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(1.0, 1.5, (len(c), 3))
+    scales = np.where(rng.random((len(c), 3)) < 0.5, 1 / scales, scales)
+    augmented = vcg_transform(c.signals, rng.uniform(-45.0, 45.0, (len(c), 3)), scales)
+    assert not np.allclose(augmented, c.signals, atol=0.05)
+    f = measure(augmented, c.lead_names, c.fs)
+    _, patient = np.unique(c.patient_keys, return_inverse=True)
+    for label in c.labels.values():
+        assert logistic_auroc(f, label, train=patient % 2 == 0) > 0.7
+
+
 def test_non_dipolar_content_like_real_ecgs(data_dir):
     """The 8 leads are not rank 3: after a 0.5-40 Hz band-pass (no wander, little noise) the residual of the best
     rank-3 fit is about as large a share of the energy as in the real CinC-2021 records."""
