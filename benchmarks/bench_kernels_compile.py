@@ -1,6 +1,6 @@
 """Compile report: every kernel for sm_80 and sm_90, bf16 and fp32, d = 128 and 512, fixed shift and running max,
 in each autotune config it can be given; prints registers, shared memory, spills and the tensor-core instructions
-found (HMMA on sm_80, HGMMA on sm_90a), and writes the table to benchmarks/results/compile_report.txt."""
+found (HMMA on sm_80; HGMMA, or HMMA for tiles under 64 rows, on sm_90a), and writes the table to benchmarks/results/compile_report.txt."""
 
 from pathlib import Path
 
