@@ -139,10 +139,13 @@ def test_single_row_self_lse_is_minus_inf_with_zero_gradient():
 
 
 def test_float_scale_equals_tensor_scale_and_gets_no_gradient():
-    z = embeddings(20, 2, 16).float()
+    z = embeddings(20, 2, 16).float().requires_grad_()
+    scale = torch.tensor(7.0)
     row, col = cross_lse(z, 7.0)
-    row_t, col_t = cross_lse(z, torch.tensor(7.0))
+    row_t, col_t = cross_lse(z, scale)
     assert torch.equal(row, row_t) and torch.equal(col, col_t)
+    (row_t.sum() + col_t.sum()).backward()
+    assert z.grad is not None and scale.grad is None
 
 
 @pytest.mark.parametrize("kernel,shape", [(cross_lse, (70, 2, 48)), (self_lse, (70, 48))])
