@@ -44,6 +44,16 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tensors here are tiny: a second intra-op thread only adds synchronization, which on a loaded machine
+    # made these tests 30x slower (OpenMP threads waiting for a core).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _patient_ids(n, layout, gen):
     if layout == "distinct":
         return torch.randperm(n, generator=gen) + 100
