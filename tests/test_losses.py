@@ -100,7 +100,8 @@ def _assert_close_to_reference(name, z, patient_id, scale, scale_grad, **options
         err = (g.double() - e).abs().max().item()
         ref_err = (r.double() - e).abs().max().item()
         floor = 1e-3 if k == 0 else 1e-4
-        assert err <= 2 * ref_err + floor, f"{['loss', 'dz', 'dscale'][k]}: error {err:.3g} vs reference's {ref_err:.3g}"
+        what = ["loss", "dz", "dscale"][k]
+        assert err <= 2 * ref_err + floor, f"{what}: error {err:.3g} against the reference's {ref_err:.3g}"
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -145,8 +146,8 @@ def test_zero_vectors_do_not_give_nan(backend, name):
 
 @pytest.mark.parametrize("dtype", [F32, BF16])
 def test_single_sample_losses_are_zero(backend, dtype):
-    # One sample of two views, one candidate per row: every cross-entropy is exactly 0 and so is its gradient. In bf16 the
-    # primitive's gradient (bf16, like its input) and the positive term's can round one ulp apart: about 1e-3 here.
+    # One sample of two views, one candidate per row: every cross-entropy is exactly 0 and so is its gradient. In
+    # bf16 the primitive's gradient (bf16, like its input) and the positive term's can round one ulp apart: ~1e-3.
     z = _embeddings(1, 2, 512, seed=3, dtype=dtype)
     tol = 1e-6 if dtype == F32 else 1e-3
     for name in LOSSES:
@@ -158,7 +159,8 @@ def test_single_sample_losses_are_zero(backend, dtype):
 
 
 @pytest.mark.parametrize(
-    "n,v,d,dtype,scale", [(1, 2, 16, F32, 10.0), (7, 3, 100, BF16, 10.0), (130, 4, 128, F32, 100.0), (64, 2, 512, F16, 14.0)]
+    "n,v,d,dtype,scale",
+    [(1, 2, 16, F32, 10.0), (7, 3, 100, BF16, 10.0), (130, 4, 128, F32, 100.0), (64, 2, 512, F16, 14.0)],
 )
 def test_cross_lse_matches_float64_reference(backend, n, v, d, dtype, scale):
     z = F.normalize(_embeddings(n, v, d, seed=4), dim=-1).to(dtype).requires_grad_()
@@ -178,7 +180,9 @@ def test_cross_lse_matches_float64_reference(backend, n, v, d, dtype, scale):
     torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("m,d,dtype,scale", [(1, 16, F32, 10.0), (7, 100, BF16, 10.0), (130, 128, F32, 100.0), (64, 512, F16, 14.0)])
+@pytest.mark.parametrize(
+    "m,d,dtype,scale", [(1, 16, F32, 10.0), (7, 100, BF16, 10.0), (130, 128, F32, 100.0), (64, 512, F16, 14.0)]
+)
 def test_self_lse_matches_float64_reference(backend, m, d, dtype, scale):
     x = F.normalize(_embeddings(m, 1, d, seed=5)[:, 0], dim=-1).to(dtype).requires_grad_()
     s = torch.tensor(scale, requires_grad=True)

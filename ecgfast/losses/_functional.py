@@ -41,7 +41,9 @@ def _scale(value, name: str, *, invert: bool):
     """The logit multiplier from ``temperature`` (invert) or ``logit_scale``: a positive float or a 1-element tensor."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be a float or a one-element float tensor, got {value.dtype} {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a float or a one-element float tensor, got {value.dtype} {tuple(value.shape)}"
+            )
         value = value.reshape(())
         return 1.0 / value if invert else value
     value = float(value)
@@ -195,7 +197,9 @@ def clip_loss(a, b, *, logit_scale, normalize=True, backend="auto", gather=False
     _check_embeddings(a, "a", 2)
     _check_embeddings(b, "b", 2)
     if a.shape != b.shape or a.dtype != b.dtype:
-        raise ValueError(f"a and b must share shape and dtype, got {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}")
+        raise ValueError(
+            f"a and b must share shape and dtype, got {tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}"
+        )
     scale = _scale(logit_scale, "logit_scale", invert=False)
     cross = primitive("cross_lse", backend, a)
     z, _ = _prepare(torch.stack([a, b], dim=1), None, gather=gather, normalize=normalize)
