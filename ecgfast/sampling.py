@@ -64,6 +64,10 @@ class SamplerReport:
     steps: int
     paired: int  # this rank's records that share their batch with another record of the same patient
 
+    def log(self) -> None:
+        """Logs the report's line (at INFO, logger ``ecgfast.sampling``): done at the end of each epoch."""
+        _log.info("%s", self)
+
     def __str__(self) -> str:
         return (f"epoch {self.epoch} rank {self.rank}: {self.steps} steps, {self.eligible}/{self.records} records "
                 f"eligible ({self.short} shorter than the window, {self.missing_leads} missing a needed lead), "
@@ -161,6 +165,9 @@ class PatientBatchSampler:
         self.n_short = int(short.sum())
         self.n_missing_leads = int((~short & ~lead_ok).sum())
         n_eligible = int(self.eligible.sum())
+        if self.n_short == n:
+            raise ValueError(f"no record is long enough: the views need min_length={self.min_length} samples and "
+                             f"the longest of the {n} records has {self.lengths.max(initial=0)}")
         if n_eligible == 0:
             raise ValueError(f"no record is eligible: of {n} records, {self.n_short} are shorter than "
                              f"min_length={self.min_length} samples (the longest has {self.lengths.max(initial=0)}) "
@@ -201,7 +208,7 @@ class PatientBatchSampler:
             raise ValueError(f"start_step must be in [0, {self.steps}], got {start_step}")
         batches, report = self.plan(epoch)
         yield from batches[start_step:]
-        _log.info("%s", report)
+        report.log()
 
     def report(self, epoch: int) -> SamplerReport:
         """The counts of ``epoch`` on this rank: eligible, skipped (short, missing leads), dropped, padded, paired."""

@@ -170,7 +170,7 @@ def test_needed_leads_derives_limb_leads():
     (dict(ecgs_per_patient=40), "ecgs_per_patient must be an integer from 2 to batch_size=32"),
     (dict(rank=2, world_size=2), r"rank must be an integer in \[0, world_size=2\)"),
     (dict(buffer_blocks=0), "buffer_blocks must be a positive integer or None"),
-    (dict(min_length=6000), "no record is eligible.*longest has 5000"),
+    (dict(min_length=6000), "no record is long enough: .*min_length=6000.* has 5000"),
     (dict(required_leads=["X"]), "'X' is neither stored"),
     (dict(batch_size=2000, drop_last=True), "drop_last=True leaves no full step"),
 ])
@@ -186,6 +186,10 @@ def test_bad_arrays_and_start_step():
                             required_leads=LEADS8)
     with pytest.raises(ValueError, match="patient_ids and lengths must both have shape"):
         PatientBatchSampler(patient_ids, lengths[:-1], block_size=BLOCK, batch_size=8)
+    lead_valid[:, LEADS12.index("V3")] = False
+    with pytest.raises(ValueError, match=rf"no record is eligible: .* {(lengths >= 2500).sum()} lack one of"):
+        PatientBatchSampler(patient_ids, lengths, lead_valid, LEADS12, block_size=BLOCK, batch_size=8,
+                            min_length=2500, required_leads=LEADS8)
     s = make()
     with pytest.raises(ValueError, match="start_step must be in"):
         next(s.batches(0, start_step=len(s) + 1))
