@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -66,6 +67,8 @@ class ECGLoader(torch.utils.data.IterableDataset):
         self.store, self.spec, self.augment = store, spec, augment
         self.device = torch.device(device)
         self.threads, self.prefetch, self.seed = threads, int(prefetch), int(seed)
+        if pin_memory and self.device.type != "cuda":
+            raise ValueError(f"pin_memory=True needs a CUDA device, got device={str(self.device)!r}")
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else bool(pin_memory)
         self.lead_names = tuple(store.lead_names)
         if sampler is None:
@@ -148,9 +151,10 @@ class ECGLoader(torch.utils.data.IterableDataset):
 
         last_use = {int(blk): i for i, b in enumerate(todo) for blk in b.blocks}
         cache: dict = {}
-        pinned = [None] * (self.prefetch + 2)  # (host buffer, its copy's event): reused once its copy is done
         cuda = self.device.type == "cuda"
         side = torch.cuda.Stream(self.device) if cuda else None
+        hosts = _HostBuffers((self.batch_size, *self.spec.shape), self.prefetch + 2, self.pin_memory)
+        raw = None  # the gathered int16 rows, reused: a fresh 20 MB buffer per batch costs as much as augmenting
         io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="ecgfast-read")
         try:
             for i, b in enumerate(todo):
@@ -158,20 +162,11 @@ class ECGLoader(torch.utils.data.IterableDataset):
                     for blk in ahead.blocks:
                         if int(blk) not in cache:
                             cache[int(blk)] = io.submit(self._read_block, int(blk))
-                raw = self._gather(b, cache)
+                raw = self._gather(b, cache, raw)
                 for blk in b.blocks:
                     if last_use[int(blk)] == i:
                         del cache[int(blk)]
-                if self.pin_memory:
-                    slot = i % len(pinned)
-                    if pinned[slot] is None:
-                        pinned[slot] = (torch.empty((self.batch_size, *self.spec.shape), dtype=torch.float32,
-                                                    pin_memory=True), None)
-                    host, event = pinned[slot]
-                    if event is not None:
-                        event.synchronize()
-                else:
-                    host = torch.empty((len(b), *self.spec.shape), dtype=torch.float32)
+                host = hosts.take()
                 augment_batch(raw, self.lengths[b.indices], gain_uv=self.store.gain_uv, store_leads=self.lead_names,
                               spec=self.spec, augment=self.augment, seed=self.seed, epoch=b.epoch,
                               positions=b.positions, out=host.numpy(), threads=self.threads)
@@ -184,12 +179,13 @@ class ECGLoader(torch.utils.data.IterableDataset):
                         out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
                         copied = torch.cuda.Event()
                         copied.record(side)
-                    if self.pin_memory:
-                        pinned[slot] = (host, copied)
+                    hosts.copying(host, copied)
                 elif self.device.type != "cpu":
                     out = {k: v.to(self.device) for k, v in out.items()}
+                del host  # the consumer's references alone decide when the buffer is reused
                 if not put((out, copied)):
                     return
+                del out
         except BaseException as err:  # handed to the consumer, which raises it in the training loop
             put(err)
         finally:
@@ -199,9 +195,8 @@ class ECGLoader(torch.utils.data.IterableDataset):
         start, stop = self.sampler.block_range(block)
         return self.store.read_block(start, stop, raw=True)
 
-    def _gather(self, batch, cache) -> np.ndarray:
-        """The batch's int16 rows (B, L, T), copied out of its cached blocks."""
-        raw = None
+    def _gather(self, batch, cache, raw) -> np.ndarray:
+        """The batch's int16 rows (B, L, T), copied out of its cached blocks into ``raw`` (allocated if None)."""
         home = batch.indices // self.sampler.block_size
         for blk in batch.blocks:
             data = cache[int(blk)].result()
@@ -210,3 +205,43 @@ class ECGLoader(torch.utils.data.IterableDataset):
             rows = np.flatnonzero(home == blk)
             raw[rows] = data[batch.indices[rows] - self.sampler.block_range(blk)[0]]
         return raw
+
+
+class _HostBuffers:
+    """The batches' host memory, reused instead of allocated (a fresh 40 MB buffer costs its page faults each time).
+
+    A buffer goes back to work once the consumer holds no tensor (nor view) of it, or, pinned for a GPU, once its
+    copy to the device is done: the consumer only ever sees the device tensor then.
+    """
+
+    def __init__(self, shape, count: int, pinned: bool):
+        self.shape, self.pinned = shape, pinned
+        self.slots: list = [None] * count  # (buffer, a weak reference to the tensor lent out | the copy's event)
+
+    def take(self) -> torch.Tensor:
+        for i, slot in enumerate(self.slots):
+            if slot is None:
+                buffer = torch.empty(self.shape, dtype=torch.float32, pin_memory=self.pinned)
+            elif self.pinned:
+                buffer, event = slot
+                if event is not None and not event.query():
+                    continue
+            else:
+                buffer, lent = slot
+                if lent() is not None:
+                    continue
+            if self.pinned:
+                self.slots[i] = (buffer, None)
+                return buffer
+            # Each loan is a new array over the buffer's memory; the tensor lent out (and any view of it) keeps that
+            # array alive through its storage, which is what the weak reference follows.
+            loan = buffer.numpy()[...]
+            self.slots[i] = (buffer, weakref.ref(loan))
+            return torch.from_numpy(loan)
+        return torch.empty(self.shape, dtype=torch.float32, pin_memory=self.pinned)  # all in use: one more
+
+    def copying(self, tensor: torch.Tensor, event) -> None:
+        """Marks a pinned buffer busy until ``event`` (its copy to the device) has happened."""
+        for i, slot in enumerate(self.slots):
+            if slot is not None and slot[0] is tensor:
+                self.slots[i] = (tensor, event)
