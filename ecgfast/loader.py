@@ -154,7 +154,7 @@ class ECGLoader(torch.utils.data.IterableDataset):
         cuda = self.device.type == "cuda"
         side = torch.cuda.Stream(self.device) if cuda else None
         hosts = _HostBuffers((self.batch_size, *self.spec.shape), self.prefetch + 2, self.pin_memory)
-        raw = None  # the gathered int16 rows, reused: a fresh 20 MB buffer per batch costs as much as augmenting
+        raw = None  # the gathered int16 rows, reused: a fresh buffer per batch would pay its page faults again
         io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="ecgfast-read")
         try:
             for i, b in enumerate(todo):
