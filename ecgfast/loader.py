@@ -3,7 +3,7 @@
 One background thread produces batches into a bounded queue while the training loop consumes them:
 
 * the sampler's plan says which contiguous blocks each batch needs; blocks are read whole with
-  ``store.read_block(start, stop, raw=True)`` a few batches ahead, in an I/O thread pool (the store decodes its
+  ``store.read_block(start, stop, raw=True)`` a few batches ahead, four at a time in an I/O thread pool (the store decodes its
   shards in threads), kept while later batches still need them and dropped after their last use;
 * each batch's int16 rows are gathered from the cached blocks and turned into float32 views by the fused
   augmentation (``ecgfast.augment.augment_batch``: nogil Numba kernels over ``threads`` threads), written straight
@@ -31,7 +31,7 @@ from ecgfast.sampling import PatientBatchSampler, needed_leads
 
 __all__ = ["ECGLoader"]
 
-_IO_THREADS = 2  # blocks read at once: keeps an object store's latency hidden behind the decoding of another block
+_IO_THREADS = 4  # blocks read at once: hides an object store's request latency behind other blocks' transfers
 
 
 class ECGLoader(torch.utils.data.IterableDataset):
