@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ecgfast.augment import augment_batch
-from ecgfast.leads import LEADS8
-from ecgfast.sampling import PatientBatchSampler, needed_leads
+from ecgfast.leads import LEADS8, needed_leads
+from ecgfast.sampling import PatientBatchSampler
 
 __all__ = ["ECGLoader"]
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgfast.leads import DERIVED_FROM_I_II
+from ecgfast.leads import needed_leads
 
-__all__ = ["Batch", "SamplerReport", "PatientBatchSampler", "needed_leads"]
+__all__ = ["Batch", "SamplerReport", "PatientBatchSampler"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,24 +72,6 @@ class SamplerReport:
         return (f"epoch {self.epoch} rank {self.rank}: {self.steps} steps, {self.eligible}/{self.records} records "
                 f"eligible ({self.short} shorter than the window, {self.missing_leads} missing a needed lead), "
                 f"{self.dropped} dropped, {self.padded} padded, {self.paired} sharing a batch with their patient")
-
-
-def needed_leads(wanted, lead_names) -> list[str]:
-    """The stored leads that producing the leads ``wanted`` reads: a lead itself, or I and II for one derived from them.
-
-    Raises ValueError naming a lead that is neither stored nor derivable.
-    """
-    stored = list(lead_names)
-    need: list[str] = []
-    for lead in wanted:
-        if lead in stored:
-            srcs = [lead]
-        elif lead in DERIVED_FROM_I_II and "I" in stored and "II" in stored:
-            srcs = ["I", "II"]
-        else:
-            raise ValueError(f"lead {lead!r} is neither stored ({stored}) nor derivable from I and II")
-        need += [s for s in srcs if s not in need]
-    return need
 
 
 class PatientBatchSampler:
@@ -165,6 +147,8 @@ class PatientBatchSampler:
         self.n_short = int(short.sum())
         self.n_missing_leads = int((~short & ~lead_ok).sum())
         n_eligible = int(self.eligible.sum())
+        if n == 0:
+            raise ValueError("the store holds no record to sample")
         if self.n_short == n:
             raise ValueError(f"no record is long enough: the views need min_length={self.min_length} samples and "
                              f"the longest of the {n} records has {self.lengths.max(initial=0)}")

@@ -4,8 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ecgfast.leads import LEADS8, LEADS12
-from ecgfast.sampling import PatientBatchSampler, needed_leads
+from ecgfast.leads import LEADS8, LEADS12, needed_leads
+from ecgfast.sampling import PatientBatchSampler
 
 BLOCK = 50
 
@@ -184,6 +184,8 @@ def test_bad_arrays_and_start_step():
     with pytest.raises(ValueError, match="lead_valid must have shape"):
         PatientBatchSampler(patient_ids, lengths, lead_valid[:, :8], LEADS12, block_size=BLOCK, batch_size=8,
                             required_leads=LEADS8)
+    with pytest.raises(ValueError, match="the store holds no record"):
+        PatientBatchSampler([], [], block_size=BLOCK, batch_size=8)
     with pytest.raises(ValueError, match="patient_ids and lengths must both have shape"):
         PatientBatchSampler(patient_ids, lengths[:-1], block_size=BLOCK, batch_size=8)
     lead_valid[:, LEADS12.index("V3")] = False
