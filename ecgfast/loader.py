@@ -196,14 +196,16 @@ class ECGLoader(torch.utils.data.IterableDataset):
         return self.store.read_block(start, stop, raw=True)
 
     def _gather(self, batch, cache, raw) -> np.ndarray:
-        """The batch's int16 rows (B, L, T), copied out of its cached blocks into ``raw`` (allocated if None)."""
-        home = batch.indices // self.sampler.block_size
-        for blk in batch.blocks:
-            data = cache[int(blk)].result()
+        """The batch's int16 rows (B, L, T), copied out of its cached blocks into ``raw`` (allocated if None).
+
+        Row by row: fancy indexing would copy each block's rows twice, through a fresh temporary.
+        """
+        blocks = {int(blk): cache[int(blk)].result() for blk in batch.blocks}
+        for row, index in enumerate(batch.indices.tolist()):
+            block, local = divmod(index, self.sampler.block_size)
             if raw is None:
-                raw = np.empty((len(batch), *data.shape[1:]), dtype=data.dtype)
-            rows = np.flatnonzero(home == blk)
-            raw[rows] = data[batch.indices[rows] - self.sampler.block_range(blk)[0]]
+                raw = np.empty((len(batch), *blocks[block].shape[1:]), dtype=blocks[block].dtype)
+            raw[row] = blocks[block][local]
         return raw
 
 
