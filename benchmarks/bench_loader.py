@@ -31,7 +31,8 @@ class MemmapStore:
         memmap[:] = raw
         memmap.flush()
         self.raw = np.load(path, mmap_mode="r")
-        self.lead_names, self.gain_uv, self.chunk_records = store.lead_names, store.gain_uv, store.chunk_records
+        self.lead_names, self.fs, self.gain_uv = store.lead_names, store.fs, store.gain_uv
+        self.chunk_records = store.chunk_records
         self.patient_ids, self.lengths, self.lead_valid = store.patient_ids, store.lengths, store.lead_valid
 
     def read_block(self, start, stop, raw=True):

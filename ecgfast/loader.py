@@ -3,8 +3,8 @@
 One background thread produces batches into a bounded queue while the training loop consumes them:
 
 * the sampler's plan says which contiguous blocks each batch needs; blocks are read whole with
-  ``store.read_block(start, stop, raw=True)`` a few batches ahead, four at a time in an I/O thread pool (the store decodes its
-  shards in threads), kept while later batches still need them and dropped after their last use;
+  ``store.read_block(start, stop, raw=True)`` a few batches ahead, four at a time in an I/O thread pool (the store
+  decodes its shards in threads), kept while later batches still need them and dropped after their last use;
 * each batch's int16 rows are gathered from the cached blocks and turned into float32 views by the fused
   augmentation (``ecgfast.augment.augment_batch``: nogil Numba kernels over ``threads`` threads), written straight
   into the output buffer: pinned host memory when the device is a GPU, copied there on a side stream so that the
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ecgfast.augment import augment_batch
-from ecgfast.leads import LEADS8, needed_leads
+from ecgfast.leads import needed_leads
 from ecgfast.sampling import PatientBatchSampler
 
 __all__ = ["ECGLoader"]
@@ -42,13 +42,13 @@ class ECGLoader(torch.utils.data.IterableDataset):
     which of the spec's leads carried signal in the store (always True for the leads the sampler requires).
 
     Args:
-        store: an ``ECGStore`` (or any object with its ``read_block(start, stop, raw=True)``, ``lead_names``,
+        store: an ``ECGStore`` (or any object with its ``read_block(start, stop, raw=True)``, ``lead_names``, ``fs``,
             ``gain_uv``, ``patient_ids``, ``lengths``, ``lead_valid`` and ``chunk_records``).
         spec: the ``ecgfast.views.ViewSpec`` of the views.
         augment: the ``ecgfast.augment.Augment`` applied to each view.
         batch_size: records per batch (on this rank).
-        sampler: a ``PatientBatchSampler``; default ``PatientBatchSampler.from_store(store, spec, ...)`` with this
-            batch size and seed, requiring the leads the views read (all of I, II, V1-V6 when the VCG step is on).
+        sampler: a ``PatientBatchSampler``; default ``PatientBatchSampler.from_store(store, spec, augment=augment)``
+            with this batch size and seed.
         device: where the batches go.
         threads: threads of the fused augmentation (default: the cores available); results do not depend on it.
         prefetch: batches produced ahead of the consumer.
@@ -64,6 +64,8 @@ class ECGLoader(torch.utils.data.IterableDataset):
             raise ValueError(f"prefetch must be a positive integer, got {prefetch!r}")
         if threads is not None and (int(threads) != threads or threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if float(store.fs) != float(spec.fs):
+            raise ValueError(f"the view spec is for {spec.fs} Hz but the store holds {store.fs} Hz records")
         self.store, self.spec, self.augment = store, spec, augment
         self.device = torch.device(device)
         self.threads, self.prefetch, self.seed = threads, int(prefetch), int(seed)
@@ -72,9 +74,7 @@ class ECGLoader(torch.utils.data.IterableDataset):
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else bool(pin_memory)
         self.lead_names = tuple(store.lead_names)
         if sampler is None:
-            required = LEADS8 if getattr(augment, "vcg", None) is not None else spec.leads
-            sampler = PatientBatchSampler.from_store(store, spec, batch_size=batch_size, seed=seed,
-                                                     required_leads=required)
+            sampler = PatientBatchSampler.from_store(store, spec, batch_size=batch_size, augment=augment, seed=seed)
         elif sampler.batch_size != batch_size:
             raise ValueError(f"batch_size={batch_size} differs from the sampler's batch_size={sampler.batch_size}")
         self.sampler = sampler

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgfast.leads import needed_leads
+from ecgfast.leads import LEADS8, needed_leads
 
 __all__ = ["Batch", "SamplerReport", "PatientBatchSampler"]
 
@@ -168,14 +168,18 @@ class PatientBatchSampler:
         self._plan: tuple[int, list[Batch], SamplerReport] | None = None
 
     @classmethod
-    def from_store(cls, store, spec, *, batch_size: int, required_leads=None, **kwargs) -> PatientBatchSampler:
+    def from_store(cls, store, spec, *, batch_size: int, augment=None, required_leads=None,
+                   **kwargs) -> PatientBatchSampler:
         """A sampler over ``store``'s blocks for the view spec ``spec`` (its ``min_length`` and ``leads``).
 
-        ``required_leads`` defaults to the leads ``spec`` needs; other keyword arguments as in the constructor.
+        ``required_leads`` defaults to the stored leads the views are made of: all of I, II, V1-V6 when ``augment``
+        has a VCG step (the VCG mixes them all), else the spec's leads. Other keyword arguments as in the constructor.
         """
+        if required_leads is None:
+            required_leads = LEADS8 if getattr(augment, "vcg", None) is not None else spec.leads
         return cls(store.patient_ids, store.lengths, store.lead_valid, store.lead_names,
                    block_size=store.chunk_records, batch_size=batch_size, min_length=spec.min_length,
-                   required_leads=spec.leads if required_leads is None else required_leads, **kwargs)
+                   required_leads=required_leads, **kwargs)
 
     def __len__(self) -> int:
         """Steps per epoch, the same on every rank."""

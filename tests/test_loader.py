@@ -143,8 +143,7 @@ def test_torch_dataloader_and_distributed_ranks(store12):
     assert all(torch.equal(a["x"], b["x"]) for a, b in zip(wrapped, direct))
     ranks = []
     for rank in range(2):
-        sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, rank=rank, world_size=2,
-                                                 required_leads=LEADS8)
+        sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, augment=PAPER, rank=rank, world_size=2)
         ranks.append(torch.cat([b["index"] for b in ECGLoader(store, SPEC, PAPER, batch_size=16, sampler=sampler)]))
     assert len(ranks[0]) == len(ranks[1])
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
@@ -203,6 +202,8 @@ def test_bad_arguments(store12):
     sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=8)
     with pytest.raises(ValueError, match="batch_size=16 differs from the sampler's batch_size=8"):
         ECGLoader(store, SPEC, PAPER, batch_size=16, sampler=sampler)
+    with pytest.raises(ValueError, match="the view spec is for 250.0 Hz but the store holds 500.0 Hz records"):
+        ECGLoader(store, ViewSpec(fs=250.0, window=300), PAPER, batch_size=8)
     with pytest.raises(ValueError, match="prefetch must be a positive integer"):
         ECGLoader(store, SPEC, PAPER, batch_size=8, prefetch=0)
     chest_only, _ = random_store("memory://test_loader/chest", leads=("V1", "V2"))

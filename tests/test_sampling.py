@@ -1,11 +1,14 @@
 import logging
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from ecgfast.leads import LEADS8, LEADS12, needed_leads
+from ecgfast.augment import Augment
 from ecgfast.sampling import PatientBatchSampler
+from ecgfast.views import ViewSpec
 
 BLOCK = 50
 
@@ -153,6 +156,21 @@ def test_skipped_records_counted(caplog):
     assert "epoch 4 rank 0" in caplog.text and f"{r.short} shorter than the window" in caplog.text
     # Without required leads, only the short records are skipped.
     assert make(data, required_leads=()).report(0).eligible == len(lengths) - short.sum()
+
+
+def test_from_store_requires_the_leads_the_views_are_made_of():
+    patient_ids, lengths, lead_valid = cohort()
+    store = SimpleNamespace(patient_ids=patient_ids, lengths=lengths, lead_valid=lead_valid, lead_names=LEADS12,
+                            chunk_records=BLOCK)
+    spec = ViewSpec(leads=("I", "aVF"), window=2500)
+    plain = PatientBatchSampler.from_store(store, spec, batch_size=8, augment=Augment())
+    vcg = PatientBatchSampler.from_store(store, spec, batch_size=8, augment=Augment.paper())
+    assert plain.required_leads == ("I", "aVF") and vcg.required_leads == LEADS8
+    assert plain.block_size == BLOCK and plain.min_length == 2500
+    # The VCG reads V3, so records with a flat V3 are skipped; without it they are not.
+    flat_v3 = ~lead_valid[:, LEADS12.index("V3")] & (lengths >= 2500)
+    assert vcg.report(0).missing_leads == flat_v3.sum() > 0
+    assert plain.report(0).missing_leads == (~lead_valid[:, LEADS12.index("aVF")] & (lengths >= 2500)).sum() == 0
 
 
 def test_needed_leads_derives_limb_leads():
