@@ -1,5 +1,5 @@
 """Loader throughput: a compressed store -> augmented two-copy batches in memory, against the same pipeline fed from
-an uncompressed memmap of the same records; and the codec trade-off (Blosc zstd vs lz4) behind it.
+an uncompressed memmap of the same records. The codec trade-off behind it is bench_store.py's ``test_codec_choice``.
 
 Records: the 50 real CinC 2021 ECGs ingested with 8 leads (I, II, V1-V6; 500 Hz, 10 s), tiled to ``N`` records in
 shards of 256, patients of two records. Views: the paper's (2 copies of a random 5 s window, VCG rotation and
@@ -76,26 +76,3 @@ def test_loader_vs_memmap(sources, benchmark):
     benchmark.extra_info.update({name: r._asdict() for name, r in rates.items()})
     benchmark.pedantic(epoch(loaders["ECGStore, Blosc zstd"]), rounds=1, iterations=1)
     assert rates["ECGStore, Blosc zstd"].wall >= 0.25 * rates["memmap, uncompressed"].wall
-
-
-def test_codec_tradeoff(sources, benchmark):
-    """Blosc zstd (the store's codec) against lz4 on the same records, one chunk per record as in the store."""
-    from numcodecs import Blosc
-
-    raw = sources[0][:256]
-    codecs = {"Blosc zstd 3 + shuffle": Blosc("zstd", 3, Blosc.SHUFFLE),
-              "Blosc lz4 5 + shuffle": Blosc("lz4", 5, Blosc.SHUFFLE)}
-    frames = {name: [codec.encode(np.ascontiguousarray(r)) for r in raw] for name, codec in codecs.items()}
-    ratios = {name: raw.nbytes / sum(map(len, f)) for name, f in frames.items()}
-
-    def decode(name):
-        return lambda: [codecs[name].decode(f) for f in frames[name]]
-
-    rates = interleaved_rates({name: decode(name) for name in codecs}, len(raw))
-    print_table("decoding 256 8-lead CinC records, 1 thread: " +
-                ", ".join(f"{name} {r:.2f}x" for name, r in ratios.items()), rates, "Blosc zstd 3 + shuffle")
-    benchmark.extra_info.update(ratios=ratios, rates={name: r._asdict() for name, r in rates.items()})
-    benchmark.pedantic(decode("Blosc zstd 3 + shuffle"), rounds=3, iterations=1)
-    zstd, lz4 = codecs
-    # The trade-off behind the store's choice: zstd packs tighter, lz4 decodes faster.
-    assert ratios[zstd] > ratios[lz4] and rates[lz4].cpu > rates[zstd].cpu
