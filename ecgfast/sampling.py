@@ -59,6 +59,7 @@ class SamplerReport:
     eligible: int
     short: int  # shorter than min_length
     missing_leads: int  # long enough but a required lead is not valid
+    excluded: int  # held out on purpose (``exclude``)
     dropped: int  # eligible but left out by drop_last (all ranks together)
     padded: int  # repeated to fill the last steps when drop_last is False (all ranks together)
     steps: int
@@ -70,7 +71,8 @@ class SamplerReport:
 
     def __str__(self) -> str:
         return (f"epoch {self.epoch} rank {self.rank}: {self.steps} steps, {self.eligible}/{self.records} records "
-                f"eligible ({self.short} shorter than the window, {self.missing_leads} missing a needed lead), "
+                f"eligible ({self.excluded} excluded, {self.short} shorter than the window, "
+                f"{self.missing_leads} missing a needed lead), "
                 f"{self.dropped} dropped, {self.padded} padded, {self.paired} sharing a batch with their patient")
 
 
@@ -95,12 +97,13 @@ class PatientBatchSampler:
         rank, world_size: this process's shard of each epoch.
         min_length: records with fewer valid samples are skipped (and counted).
         required_leads: records where one of these stored leads is not valid are skipped (and counted).
+        exclude: bool (N,) records held out on purpose (e.g. the downstream test patients), counted apart.
     """
 
     def __init__(self, patient_ids, lengths, lead_valid=None, lead_names=None, *, block_size: int, batch_size: int,
                  ecgs_per_patient: int = 2, mode: str = "patient", buffer_blocks: int | None = 8, seed: int = 0,
                  drop_last: bool = True, rank: int = 0, world_size: int = 1, min_length: int = 0,
-                 required_leads=()):
+                 required_leads=(), exclude=None):
         self.patient_ids = np.asarray(patient_ids, dtype=np.int64)
         n = len(self.patient_ids)
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -143,17 +146,24 @@ class PatientBatchSampler:
                 lead_ok = lead_valid[:, cols].all(axis=1)
             else:
                 needed_leads(self.required_leads, lead_names)  # still refuse a lead the store cannot give
-        self.eligible = ~short & lead_ok
-        self.n_short = int(short.sum())
-        self.n_missing_leads = int((~short & ~lead_ok).sum())
+        held_out = np.zeros(n, dtype=bool) if exclude is None else np.asarray(exclude, dtype=bool)
+        if held_out.shape != (n,):
+            raise ValueError(f"exclude must be a bool mask of shape (N,) = ({n},), got {held_out.shape}")
+        self.eligible = ~short & lead_ok & ~held_out
+        self.n_excluded = int(held_out.sum())
+        self.n_short = int((short & ~held_out).sum())
+        self.n_missing_leads = int((~short & ~lead_ok & ~held_out).sum())
         n_eligible = int(self.eligible.sum())
         if n == 0:
             raise ValueError("the store holds no record to sample")
-        if self.n_short == n:
+        if self.n_excluded == n:
+            raise ValueError(f"exclude holds out all {n} records")
+        if self.n_short + self.n_excluded == n:
             raise ValueError(f"no record is long enough: the views need min_length={self.min_length} samples and "
                              f"the longest of the {n} records has {self.lengths.max(initial=0)}")
         if n_eligible == 0:
-            raise ValueError(f"no record is eligible: of {n} records, {self.n_short} are shorter than "
+            raise ValueError(f"no record is eligible: of {n} records, {self.n_excluded} are excluded, "
+                             f"{self.n_short} are shorter than "
                              f"min_length={self.min_length} samples (the longest has {self.lengths.max(initial=0)}) "
                              f"and {self.n_missing_leads} lack one of the required leads {list(self.required_leads)}")
         step_records = self.batch_size * self.world_size
@@ -231,7 +241,8 @@ class PatientBatchSampler:
             batches.append(Batch(epoch, step, idx, np.arange(lo + step * b, lo + (step + 1) * b, dtype=np.int64),
                                  np.unique(idx // self.block_size)))
         report = SamplerReport(epoch, self.rank, len(self.patient_ids), self.n_eligible, self.n_short,
-                               self.n_missing_leads, dropped, padded, self.steps, self._count_paired(mine))
+                               self.n_missing_leads, self.n_excluded, dropped, padded, self.steps,
+                               self._count_paired(mine))
         return batches, report
 
     def _epoch_order(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -213,3 +213,18 @@ def test_bad_arrays_and_start_step():
     s = make()
     with pytest.raises(ValueError, match="start_step must be in"):
         next(s.batches(0, start_step=len(s) + 1))
+
+
+def test_excluded_records_never_sampled_and_counted():
+    data = cohort()
+    patient_ids = data[0]
+    held_out = np.isin(patient_ids, np.unique(patient_ids)[::5])  # every fifth patient, e.g. a test split
+    s = make(data, drop_last=False, exclude=held_out)
+    used = np.concatenate([b.indices for b in s.batches(0)])
+    r = s.report(0)
+    assert not held_out[used].any()
+    assert set(used) == set(np.flatnonzero(eligible_mask(data) & ~held_out))
+    assert r.excluded == held_out.sum() > 0
+    assert r.eligible + r.excluded + r.short + r.missing_leads == len(patient_ids)
+    with pytest.raises(ValueError, match="exclude"):
+        make(data, exclude=held_out[:-1])
