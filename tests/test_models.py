@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -138,3 +139,20 @@ def test_bad_input_names_the_problem():
         DualStreamTemporalNet(groups=(("I", "aVR"), ("V1",)))
     with pytest.raises(ValueError, match="width"):
         TemporalNet(width=0)
+
+
+def test_gpu_train_script_runs_its_cpu_configuration(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--steps", "1", "--warmup", "0", "--batch", "2",
+                                     "--width", "0.0625", "--samples", "250", "--no-compile", "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    (result,) = [json.loads(p.read_text()) for p in tmp_path.glob("gpu_train_*.json")]
+    expected = train_flops(DualStreamTemporalNet(width=result["width"]),
+                           (result["batch"], 2, 8, result["samples"]))
+    assert result["model_gflop_per_step"] == pytest.approx(expected / 1e9)
+    assert result["ecgs_per_s"] > 0 and np.isfinite(result["loss"])
