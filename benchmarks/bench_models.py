@@ -18,7 +18,7 @@ GEMM_N = 1024
 
 # name: (width, batch, copies, leads, samples, utilization floor)
 CONFIGS = {
-    "demo": (1 / 16, 64, 2, 8, 250, 0.015),  # 100 Hz, 2.5 s
+    "demo": (1 / 16, 64, 2, 8, 250, 0.01),  # 100 Hz, 2.5 s
     "paper": (1.0, 2, 2, 8, 2500, 0.15),  # 500 Hz, 5 s
 }
 

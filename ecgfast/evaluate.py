@@ -326,8 +326,6 @@ def train_downstream(module: nn.Module, optimizer: torch.optim.Optimizer, get: C
         order = _rng(seed, epoch).permutation(train_idx)
         for i in range(0, len(order), config.batch_size):
             batch = np.sort(order[i:i + config.batch_size])  # sorted: a store reads nearby records together
-            if len(batch) < 2 and i > 0:
-                break  # a lone last record would make BatchNorm fail in training mode
             loss = loss_fn(module(get(batch)).reshape(-1), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -346,13 +344,10 @@ def train_downstream(module: nn.Module, optimizer: torch.optim.Optimizer, get: C
     return {**best, "epochs_run": epoch + 1, "steps": steps}
 
 
-def _encoder_state(pretrained: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # A pretrained checkpoint's classifier was never trained: each arm starts a fresh one.
-    return {k: v for k, v in pretrained.items() if not k.startswith("classifier.")}
-
-
 def _load_pretrained(model: nn.Module, pretrained: Mapping[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(_encoder_state(pretrained), strict=False)
+    # A pretrained checkpoint's classifier was never trained: each arm keeps the fresh one of its seed.
+    encoder = {k: v for k, v in pretrained.items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(encoder, strict=False)
     missing = [k for k in missing if not k.startswith("classifier.")]
     if missing or unexpected:
         raise ValueError(f"the pretrained state does not fit the encoder: missing {missing}, unexpected {unexpected}")

@@ -19,7 +19,7 @@ from ecgfast.evaluate import (
     train_downstream,
     write_results,
 )
-from ecgfast.models import DualStreamTemporalNet
+from ecgfast.models import DualStreamTemporalNet, SingleStreamTemporalNet
 
 
 def cohort(n_patients=200, prevalence=0.2, seed=0):
@@ -217,3 +217,11 @@ def test_format_table_means_over_seeds_and_flags_enlarged_fractions():
     row_1pct = next(line for line in lines if "1%*" in line)
     assert "0.610" in row_1pct and "0.710" in row_1pct
     assert "enlarged" in lines[-1]
+
+
+def test_a_pretrained_state_of_another_architecture_is_refused():
+    x, y, pid = sine_task()
+    with pytest.raises(ValueError, match="does not fit"):
+        run_protocol("sine", x, y, pid, patient_split(pid, y, seed=0), tiny_encoder,
+                     pretrained=SingleStreamTemporalNet(width=1 / 16).state_dict(),
+                     config=DownstreamConfig(arms=("frozen",), progress=False))
