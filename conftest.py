@@ -2,7 +2,17 @@
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real public ECGs beside the checkout (../shared/data), for tests and benchmarks."""
+    assert DATA.is_dir(), f"expected the shared ECG data at {DATA}"
+    return DATA
 
 
 def pytest_addoption(parser):
