@@ -14,6 +14,7 @@ This is the only module of ecgfast that touches Zarr; zarr, numcodecs and fsspec
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -66,11 +67,13 @@ class _ShardReader:
 
     def __init__(self, array, records_per_shard: int, threads: int):
         from numcodecs import Blosc
+        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         self._store, self._prefix = array.store, array.path
         self._proto, self._sync = default_buffer_prototype(), sync
+        self._range, self._suffix = RangeByteRequest, SuffixByteRequest
         self._blosc = Blosc()  # the Blosc frame header says how it was compressed
         self._S = records_per_shard
         self._index_bytes = 16 * records_per_shard + 4  # (offset, nbytes) uint64 pairs + crc32c
@@ -130,14 +133,10 @@ class _ShardReader:
                 return [os.pread(fd, b - a, a) for a, b in ranges]
             finally:
                 os.close(fd)
-        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
-
         async def get_all(requests):
-            import asyncio
-
             return await asyncio.gather(*(self._store.get(key, self._proto, r) for r in requests))
 
-        requests = [SuffixByteRequest(self._index_bytes)] if ranges is None else [RangeByteRequest(a, b) for a, b in ranges]
+        requests = [self._suffix(self._index_bytes)] if ranges is None else [self._range(a, b) for a, b in ranges]
         bufs = self._sync(get_all(requests))
         if bufs[0] is None:
             return None
@@ -145,6 +144,7 @@ class _ShardReader:
         return bufs[0] if ranges is None else bufs
 
     def _index(self, shard: int) -> np.ndarray | None:
+        # The index's crc32c is not checked: a corrupt entry points Blosc at bytes whose frame header it rejects.
         if shard not in self._indexes:
             raw = self._fetch(shard, None)
             self._indexes[shard] = None if raw is None else np.frombuffer(raw, "<u8", 2 * self._S).reshape(self._S, 2)
@@ -214,6 +214,7 @@ class ECGStore:
         self._written: dict[str, int] = {}  # records of each column already in Zarr
         self._pending: list[np.ndarray] = []  # int16 records from the last shard boundary on, not all written yet
         self._pending_start = self._n  # index of the first pending record (a shard boundary once loaded)
+        self._label_names: set[str] | None = None
         self._patients: dict[str, int] | None = None
         self._ids: set[str] | None = None
 
@@ -375,7 +376,9 @@ class ECGStore:
 
     @property
     def label_names(self) -> list[str]:
-        return sorted(set(self._group["labels"].array_keys()) | {k[7:] for k in self._columns if k.startswith("labels/")})
+        if self._label_names is None:  # listed once: appends ask for it on every batch
+            self._label_names = set(self._group["labels"].array_keys())
+        return sorted(self._label_names)
 
     @property
     def labels(self) -> dict[str, np.ndarray]:
@@ -565,12 +568,6 @@ class ECGStore:
         columns["lead_valid"] = np.asarray(lead_valid, bool)
         if columns["lead_valid"].shape != (B, L):
             raise ValueError(f"lead_valid must have shape ({B}, {L}), got {columns['lead_valid'].shape}")
-        ids = []
-        for key in columns["patient_key"].tolist():
-            if key not in self._patients:
-                self._patients[key] = len(self._patients)
-            ids.append(self._patients[key])
-        columns["patient_id"] = np.asarray(ids, np.int64)
         for name, values in (labels or {}).items():
             values = np.asarray(values, np.float32)
             if values.shape != (B,):
@@ -578,13 +575,21 @@ class ECGStore:
             columns[f"labels/{name}"] = values
         for name in self.label_names:
             columns.setdefault(f"labels/{name}", np.full(B, np.nan, np.float32))
+        # Last, after every check: ids are handed out only to records that are stored, so they stay dense.
+        ids = []
+        for key in columns["patient_key"].tolist():
+            if key not in self._patients:
+                self._patients[key] = len(self._patients)
+            ids.append(self._patients[key])
+        columns["patient_id"] = np.asarray(ids, np.int64)
 
-        start = self._n
+        start, known = self._n, set(self.label_names)
         for name, values in columns.items():
-            if name in FIELDS or name[7:] in self.label_names:
+            if name in FIELDS or name[7:] in known:
                 self._column(name)
             else:  # a new label: unknown for the records before
                 self._columns[name], self._written[name] = np.full(self._n, np.nan, np.float32), 0
+                self._label_names.add(name[7:])
             self._extend(name, values)
         self._ids.update(record_ids)
         self._n += B

@@ -43,6 +43,24 @@ def test_reader_matches_wfdb_on_cinc_and_ptb(data_dir):
         assert ours.sex == {"male": 1, "female": 0}[comments["sex"].lower()]
 
 
+@pytest.mark.parametrize("fmt", ["212", "24", "32", "61", "80"])
+def test_reader_matches_wfdb_on_other_sample_formats(fmt, tmp_path, monkeypatch):
+    rng = np.random.default_rng(int(fmt))
+    adc = rng.integers(-120, 120, (1001, 3))  # odd length: 212 packs samples in pairs
+    monkeypatch.chdir(tmp_path)
+    if fmt == "61":  # wfdb cannot write it: 16-bit big-endian, written here from the specification
+        _write_wfdb(tmp_path, "r", adc.T, ["I", "II", "V1"], fs=250, gain=200)
+        (tmp_path / "r.dat").write_bytes(adc.astype(">i2").tobytes())
+        (tmp_path / "r.hea").write_text((tmp_path / "r.hea").read_text().replace(" 16 200", " 61 200"))
+    else:
+        wfdb.wrsamp("r", fs=250, units=["mV"] * 3, sig_name=["I", "II", "V1"], d_signal=adc, fmt=[fmt] * 3,
+                    adc_gain=[200.0] * 3, baseline=[5] * 3)
+    ref = wfdb.rdrecord(str(tmp_path / "r"))
+    ours = WFDBReader(tmp_path).read("r")
+    assert ref.fmt == [fmt] * 3 and ours.fs == 250 and ours.lead_names == ["I", "II", "V1"]
+    np.testing.assert_allclose(ours.signal, ref.p_signal.T, rtol=0, atol=1e-6)
+
+
 def test_cinc_round_trip_is_integer_equal_to_wfdb(cinc, data_dir):
     store, report = cinc
     items = WFDBReader(data_dir / "cinc2021").items()
@@ -154,6 +172,24 @@ def test_a_store_of_another_shape_is_refused_and_left_unchanged(tmp_path, data_d
     with pytest.raises(ValueError, match="250 Hz"):
         ingest(src, dest, fs=250, seconds=1, progress=False)
     assert len(ECGStore.open(dest)) == 1
+
+
+def test_a_second_run_adds_only_new_records_and_a_second_source_appends(tmp_path):
+    t = np.arange(500)
+    wave = np.stack([np.rint(500 * np.sin(2 * np.pi * t / (60 + k))) for k in range(12)])
+    for name in ("a", "b"):
+        _write_wfdb(tmp_path / "one", name, wave, list(LEADS12))
+    dest = tmp_path / "s.zarr"
+    assert ingest(tmp_path / "one", dest, seconds=1, progress=False).stored == 2
+    _write_wfdb(tmp_path / "one", "c", wave, list(LEADS12))
+    again = ingest(tmp_path / "one", dest, seconds=1, progress=False)
+    assert (again.stored, again.already_stored) == (1, 2) and "already stored 2" in str(again)
+    _write_wfdb(tmp_path / "two", "a", wave, list(LEADS12))
+    ingest(tmp_path / "two", dest, seconds=1, progress=False)
+    store = ECGStore.open(dest)
+    assert store.record_ids.tolist() == ["one/a", "one/b", "one/c", "two/a"]
+    assert store.patient_ids.tolist() == [0, 1, 2, 3]
+    assert [s["source_name"] for s in store.attrs["provenance"]["sources"]] == ["one", "one", "two"]
 
 
 def test_cli_ingest_and_info(data_dir, tmp_path, capsys):

@@ -102,6 +102,19 @@ def test_metadata_patients_and_labels(filled):
     assert store.lead_valid.all() and (store.lengths == T).all()
 
 
+def test_single_record_appends_across_shards_with_a_label_appearing_late(tmp_path):
+    x = _signals(11, leads=8)
+    with ECGStore.create(tmp_path / "one.zarr", LEADS8, 500, T, chunk_records=4) as store:
+        for i in range(11):
+            labels = {"late": [1.0]} if i == 6 else None
+            assert _append(store, x[i : i + 1], first=i, labels=labels) == range(i, i + 1)
+        np.testing.assert_allclose(store.read([9, 2]), _expected_mv(x)[[9, 2]], rtol=2e-7, atol=1e-6)
+    store = ECGStore.open(tmp_path / "one.zarr")
+    np.testing.assert_allclose(store.read_block(0, 11), _expected_mv(x), rtol=2e-7, atol=1e-6)
+    late = store.labels["late"]
+    assert late[6] == 1 and np.isnan(np.delete(late, 6)).all()
+
+
 def test_patient_key_reused_after_reopen_keeps_ids_dense(tmp_path):
     path = tmp_path / "p.zarr"
     with ECGStore.create(path, LEADS8, 500, T, chunk_records=4) as store:

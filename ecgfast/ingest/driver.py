@@ -31,6 +31,7 @@ class IngestReport:
     dest: str
     format: str
     stored: int = 0
+    already_stored: int = 0  # records of this source that the store held before
     skipped: Counter = field(default_factory=Counter)  # reason code -> records
     warned: Counter = field(default_factory=Counter)  # reason code -> records
     seconds: float = 0.0
@@ -45,7 +46,7 @@ class IngestReport:
         return "\n".join([
             f"ingested {self.stored:,} records from {self.source} ({self.format}) into {self.dest} "
             f"in {self.seconds:.1f} s ({rate:,.0f} records/s)",
-            f"skipped {sum(self.skipped.values()):,}{counts(self.skipped)}; "
+            f"already stored {self.already_stored:,}; skipped {sum(self.skipped.values()):,}{counts(self.skipped)}; "
             f"warned {sum(self.warned.values()):,}{counts(self.warned)}",
             self.store_summary,
         ]).rstrip()
@@ -185,6 +186,9 @@ def ingest(
 
     store = _open_or_create(ECGStore, dest, lead_names, fs, n_samples, gain_uv)
     report = IngestReport(source=str(src), dest=str(dest), format=format)
+    in_store = set(store.record_ids.tolist())  # running an ingest again adds only what is missing
+    todo = [p for p, item in enumerate(items) if f"{source_name}/{item}" not in in_store]
+    report.already_stored = len(items) - len(todo)
     batch_records = batch_records or store.chunk_records
     batch: list[tuple[int, Record, tuple, np.ndarray]] = []  # (position, record, converted, int16)
     bad: list[tuple[str, str, str]] = []  # (record id, level, reason)
@@ -209,7 +213,8 @@ def ingest(
         batch.clear()
 
     with store:
-        for pos, item in enumerate(tqdm(items, desc=f"ingest {source_name}", unit="rec", disable=not progress)):
+        for pos in tqdm(todo, desc=f"ingest {source_name}", unit="rec", disable=not progress):
+            item = items[pos]
             rid = f"{source_name}/{item}"
             try:
                 record = reader.read(item)

@@ -16,7 +16,7 @@ import numpy as np
 from ecgfast.ingest.record import Record, SkipRecord
 
 # Formats whose samples are whole bytes: format -> NumPy dtype (and the offset that makes them signed).
-_DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128), "8": ("i1", 0)}
+_DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128)}
 _UNITS = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nv": 1e-6}
 _SIGNAL = re.compile(
     r"(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::\d+)?(?:\+(?P<offset>\d+))?$"
@@ -49,14 +49,25 @@ def _sex(text: str | None) -> int:
     return {"f": 0, "female": 0, "m": 1, "male": 1}.get((text or "").strip().lower(), -1)
 
 
-def _unpack_212(raw: np.ndarray) -> np.ndarray:
-    """Format 212: pairs of 12-bit two's-complement samples in three bytes."""
+def _unpack_24(raw: np.ndarray) -> np.ndarray:
+    """Format 24: little-endian 24-bit two's-complement samples."""
     b = raw[: len(raw) - len(raw) % 3].reshape(-1, 3).astype(np.int32)
+    out = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    out[out >= 1 << 23] -= 1 << 24
+    return out
+
+
+def _unpack_212(raw: np.ndarray) -> np.ndarray:
+    """Format 212: pairs of 12-bit two's-complement samples in three bytes (an odd last sample in two)."""
+    b = np.concatenate([raw, np.zeros(-len(raw) % 3, np.uint8)]).reshape(-1, 3).astype(np.int32)
     out = np.empty(2 * len(b), np.int32)
     out[0::2] = b[:, 0] | ((b[:, 1] & 0x0F) << 8)
     out[1::2] = b[:, 2] | ((b[:, 1] & 0xF0) << 4)
     out[out >= 2048] -= 4096
-    return out
+    return out[: (2 * len(raw)) // 3]
+
+
+_PACKED = {"212": _unpack_212, "24": _unpack_24}
 
 
 class WFDBReader:
@@ -145,8 +156,8 @@ class WFDBReader:
             raw = np.fromfile(path, dtype=np.uint8, offset=offset)
         except (OSError, ValueError) as err:
             raise SkipRecord(item, "unreadable", f"{path.name}: {err}") from err
-        if fmt == "212":
-            flat = _unpack_212(raw)
+        if fmt in _PACKED:
+            flat = _PACKED[fmt](raw)
         elif fmt in _DTYPES:
             dtype, shift = _DTYPES[fmt]
             size = np.dtype(dtype).itemsize
