@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,7 @@ class Record:
         fs: sampling rate in Hz.
         age: years, NaN unknown. sex: 0 female, 1 male, -1 unknown.
         patient_key: the source's patient identifier, None when it has none.
+        warnings: ``(reason, detail)`` pairs the reader noticed (an implausible amplitude...), reported as ``warn``.
     """
 
     item: str
@@ -30,6 +31,7 @@ class Record:
     age: float = math.nan
     sex: int = -1
     patient_key: str | None = None
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
 class SkipRecord(ValueError):
