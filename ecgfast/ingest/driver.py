@@ -160,8 +160,9 @@ def convert(record: Record, leads: tuple[str, ...], fs: float, n_samples: int):
     all_nan = np.isnan(x).all(axis=1)
     if not np.isfinite(x[~all_nan]).all():
         raise SkipRecord(record.item, "nan", "NaN or inf samples inside a lead")
-    if all_nan.any():
-        warnings.append(("nan", " ".join(np.array(list(names))[all_nan])))
+    nan_leads = [ld for ld, n in zip(names, all_nan) if n]
+    if nan_leads:
+        warnings.append(("nan", " ".join(nan_leads)))
         x[all_nan] = 0
     if record.fs != fs:
         from scipy.signal import resample_poly
@@ -182,7 +183,7 @@ def convert(record: Record, leads: tuple[str, ...], fs: float, n_samples: int):
         warnings.append(("lead_set", "missing " + " ".join(missing)))
     if not valid.any():
         raise SkipRecord(record.item, "flat_record", "every lead is flat")
-    flat = [ld for ld, v in zip(leads, valid) if not v and ld in present]
+    flat = [ld for ld, v in zip(leads, valid) if not v and ld in present and ld not in nan_leads]
     if flat:
         warnings.append(("flat_lead", " ".join(flat)))
     return out, length, valid, warnings
@@ -210,7 +211,7 @@ def _convert_task(job):
     from ecgfast.store import quantize
 
     (format, src, options), (leads, fs, n_samples, gain_uv, split, codec, source_name), work = job
-    key = (format, src, tuple(sorted(options.items())))
+    key = repr((format, src, sorted(options.items())))
     if key not in _READERS:
         _READERS[key] = make_reader(format, src, options)
     reader = _READERS[key]

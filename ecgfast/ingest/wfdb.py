@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord
+from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code
 
 # Formats whose samples are whole bytes: format -> NumPy dtype (and the offset that makes them signed).
 _DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128)}
@@ -40,18 +40,6 @@ def _header_fields(item: str, text: str) -> tuple[list[str], list[str], dict[str
     if not body:
         raise SkipRecord(item, "bad_header", "empty header")
     return body[0].split(), body[1:], comments
-
-
-def _age(text: str | None) -> float:
-    try:
-        age = float(text)
-    except (TypeError, ValueError):
-        return math.nan
-    return age if 0 <= age < 150 else math.nan
-
-
-def _sex(text: str | None) -> int:
-    return {"f": 0, "female": 0, "m": 1, "male": 1}.get((text or "").strip().lower(), -1)
 
 
 def _unpack_24(raw: np.ndarray) -> np.ndarray:
@@ -180,8 +168,8 @@ class WFDBReader:
             signal=signal,
             lead_names=[s["name"] for s in specs],
             fs=fs,
-            age=_age(comments.get("age")),
-            sex=_sex(comments.get("sex")),
+            age=age_years(comments.get("age")),
+            sex=sex_code(comments.get("sex")),
         )
 
     @staticmethod
