@@ -4,37 +4,24 @@ crops them to the store's duration, or cuts them into windows with ``split``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code, source_files
+from ecgfast.ingest.record import FileReader, Record, SkipRecord, age_years, sex_code
 from ecgfast.leads import LEADS12
 
 FS = 500.0
 
 
-class CPSC2018Reader:
+class CPSC2018Reader(FileReader):
     """Items: the ``.mat`` files' paths without extension; ``read(item)`` gives one record in millivolts."""
 
     format = "cpsc2018"
-    OPTIONS = ()
-
-    def __init__(self, root):
-        self.files = source_files(Path(root), (".mat",))
-
-    def items(self) -> list[str]:
-        return list(self.files)
+    SUFFIXES = (".mat",)
 
     def read(self, item: str) -> Record:
         import scipy.io
 
-        try:
-            mat = scipy.io.loadmat(self.files[item], squeeze_me=True, struct_as_record=False)
-        except FileNotFoundError as err:
-            raise SkipRecord(item, "missing", str(err)) from err
-        except Exception as err:  # noqa: BLE001 - scipy raises several kinds for a broken file
-            raise SkipRecord(item, "unreadable", f"{type(err).__name__}: {err}") from err
+        mat = self.load(item, lambda path: scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False))
         ecg = mat.get("ECG")
         data = getattr(ecg, "data", None)
         if data is None:

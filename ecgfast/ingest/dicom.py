@@ -9,11 +9,9 @@ that is not a median beat). Per channel: the name from ``ChannelSourceSequence``
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code, source_files
+from ecgfast.ingest.record import FileReader, Record, SkipRecord, age_years, sex_code
 
 _UNITS_MV = {"uV": 1e-3, "mV": 1.0, "V": 1e3}
 _DTYPES = {(16, "SS"): "<i2", (16, "US"): "<u2", (32, "SL"): "<i4", (8, "SB"): "i1"}
@@ -28,27 +26,16 @@ def _group(ds):
     return max(others, key=lambda g: int(g.NumberOfWaveformSamples)) if others else None
 
 
-class DicomReader:
+class DicomReader(FileReader):
     """Items: the ``.dcm`` files' paths without extension; ``read(item)`` gives one ECG in millivolts."""
 
     format = "dicom"
-    OPTIONS = ()
-
-    def __init__(self, root):
-        self.files = source_files(Path(root), (".dcm",))
-
-    def items(self) -> list[str]:
-        return list(self.files)
+    SUFFIXES = (".dcm",)
 
     def read(self, item: str) -> Record:
         import pydicom
 
-        try:
-            ds = pydicom.dcmread(self.files[item])
-        except FileNotFoundError as err:
-            raise SkipRecord(item, "missing", str(err)) from err
-        except Exception as err:  # noqa: BLE001 - pydicom raises several kinds for a broken file
-            raise SkipRecord(item, "unreadable", f"{type(err).__name__}: {err}") from err
+        ds = self.load(item, pydicom.dcmread)
         group = _group(ds)
         if group is None:
             raise SkipRecord(item, "bad_header", "no rhythm waveform group")

@@ -12,34 +12,21 @@ from __future__ import annotations
 import base64
 import binascii
 import xml.etree.ElementTree as ET
-from pathlib import Path
-
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code, source_files
+from ecgfast.ingest.record import FileReader, Record, SkipRecord, age_years, sex_code
 
 _UNITS_MV = {"MICROVOLTS": 1e-3, "MILLIVOLTS": 1.0, "VOLTS": 1e3, "NANOVOLTS": 1e-6}
 
 
-class MuseReader:
+class MuseReader(FileReader):
     """Items: the ``.xml`` files' paths without extension; ``read(item)`` gives one ECG in millivolts."""
 
     format = "muse"
-    OPTIONS = ()
-
-    def __init__(self, root):
-        self.files = source_files(Path(root), (".xml",))
-
-    def items(self) -> list[str]:
-        return list(self.files)
+    SUFFIXES = (".xml",)
 
     def read(self, item: str) -> Record:
-        try:
-            root = ET.parse(self.files[item]).getroot()
-        except FileNotFoundError as err:
-            raise SkipRecord(item, "missing", str(err)) from err
-        except (ET.ParseError, OSError) as err:
-            raise SkipRecord(item, "unreadable", f"XML: {err}") from err
+        root = self.load(item, lambda path: ET.parse(path).getroot())
         rhythm = [w for w in root.iter("Waveform") if (w.findtext("WaveformType") or "").strip().lower() == "rhythm"]
         if not rhythm:
             raise SkipRecord(item, "bad_header", "no Rhythm waveform")

@@ -70,3 +70,31 @@ def age_years(text) -> float:
 def sex_code(text) -> int:
     """0 female, 1 male, -1 unknown, from the spellings sources use (``F``, ``Female``, ``MALE``...)."""
     return {"f": 0, "female": 0, "m": 1, "male": 1}.get(str(text or "").strip().lower(), -1)
+
+
+class FileReader:
+    """Base of the readers whose every file is one record (``SUFFIXES``): items are the files' paths relative to
+    the source root without suffix; subclasses read one in :meth:`read`."""
+
+    format = ""
+    SUFFIXES: tuple[str, ...] = ()
+    OPTIONS: tuple[str, ...] = ()  # the format-specific options the reader takes
+
+    def __init__(self, root):
+        self.files = source_files(Path(root), self.SUFFIXES)
+
+    def items(self) -> list[str]:
+        return list(self.files)
+
+    def load(self, item: str, loader):
+        """``loader(path)`` of the item's file; a missing file is a ``missing`` skip, any error of the parser an
+        ``unreadable`` one (parsers raise many kinds for a broken file)."""
+        try:
+            return loader(self.files[item])
+        except FileNotFoundError as err:
+            raise SkipRecord(item, "missing", str(err)) from err
+        except Exception as err:  # noqa: BLE001
+            raise SkipRecord(item, "unreadable", f"{type(err).__name__}: {err}") from err
+
+    def read(self, item: str) -> Record:
+        raise NotImplementedError
