@@ -301,7 +301,8 @@ class ECGStore:
             compression_level: Blosc zstd level (3: 2.55x on the CinC records at ~80 MB/s per core; 5: 2.59x
                 at ~40 MB/s).
             provenance: stored in the ``provenance`` attribute (sources, options).
-            overwrite: replace whatever is at ``path``; otherwise an existing store is an error.
+            overwrite: replace whatever is at ``path``; ``"incomplete"``: replace only a store whose creation was
+                interrupted (it lacks the attributes, written last); otherwise an existing store is an error.
             threads: decoding threads for reads (default: the CPU count, at most 8).
         """
         import zarr
@@ -314,19 +315,19 @@ class ECGStore:
         for name, value in (("fs", fs), ("n_samples", n_samples), ("gain_uv", gain_uv), ("chunk_records", chunk_records)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        mode = "w" if overwrite is True else "w-"
+        if overwrite == "incomplete":
+            try:
+                existing = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
+                mode = "w" if "schema_version" not in existing.attrs else mode
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                pass
         try:
-            group = zarr.open_group(_zarr_store(path, read_only=False), mode="w" if overwrite else "w-")
+            group = zarr.open_group(_zarr_store(path, read_only=False), mode=mode)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise ValueError(f"{path} already holds a store (pass overwrite=True to replace it)") from err
         from ecgfast import __version__
 
-        group.attrs.update(
-            schema_version=SCHEMA_VERSION,
-            lead_names=list(lead_names),
-            fs=float(fs),
-            gain_uv=float(gain_uv),
-            provenance={"ecgfast_version": __version__, "sources": [], **dict(provenance or {})},
-        )
         L, T = len(lead_names), int(n_samples)
         group.create_array(
             "signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
@@ -339,6 +340,14 @@ class ECGStore:
         for name in REPORT_FIELDS:
             report.create_array(name, shape=(0,), dtype=str, chunks=(_META_CHUNK,), fill_value="")
         group.create_group("labels")
+        # Last: a creation that dies before this leaves a group that open() refuses and "incomplete" replaces.
+        group.attrs.update(
+            schema_version=SCHEMA_VERSION,
+            lead_names=list(lead_names),
+            fs=float(fs),
+            gain_uv=float(gain_uv),
+            provenance={"ecgfast_version": __version__, "sources": [], **dict(provenance or {})},
+        )
         return cls(group, writable=True, location=os.fspath(path), threads=threads)
 
     @classmethod
@@ -785,23 +794,24 @@ class ECGStore:
     def begin_ingest(self, attrs: Mapping) -> None:
         """Record the start of an ingest run: ``attrs`` say what it is and where the store stood."""
         self._require_writable()
-        self._state = self._group.create_group("ingest_state", overwrite=True)
-        self._state.attrs.update(dict(attrs))
+        # One object write: a run killed at any moment has either no state or the whole of it.
+        self._state = self._group.create_group("ingest_state", overwrite=True, attributes=dict(attrs))
 
     def ingest_markers(self) -> list[dict]:
         """The done markers of the unfinished run's shards, in shard order."""
         if "ingest_state" not in self._group:
             return []
         state = self._group["ingest_state"]
-        names = sorted(state.group_keys(), key=lambda name: int(name.split("_")[1]))
+        names = sorted(state.group_keys(), key=lambda name: int(name.removeprefix("done_")))
         return [state[name].attrs.asdict() for name in names]
 
-    def put_ingest_marker(self, k: int, attrs: Mapping) -> None:
-        """Mark shard ``k`` done: one small object, written after the shard, holding its records' fields."""
+    def put_ingest_marker(self, n: int, attrs: Mapping) -> None:
+        """The run's ``n``-th done marker (``ingest_state/done_<n>``): one object, written after the shard it marks,
+        holding that shard's new records' fields and the report rows up to it."""
         self._require_writable()
         if self._state is None:
             self._state = self._group["ingest_state"]
-        self._state.create_group(f"shard_{k}", overwrite=True).attrs.update(dict(attrs))
+        self._state.create_group(f"done_{n}", overwrite=True, attributes=dict(attrs))
 
     def end_ingest(self) -> None:
         """Remove the run's state and markers: the last step of a finished run."""

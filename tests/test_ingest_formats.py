@@ -195,8 +195,11 @@ def test_numpy_npy_and_npz_rows_with_patients_csv(tmp_path):
     a = np.stack([wave(8, 2500, 250, seed=s) for s in range(3)]).astype(np.float32)
     b = np.stack([wave(8, 2500, 250, seed=s) for s in range(3, 5)]).astype(np.float32)
     b[1, 4] = np.nan  # V3 all NaN: kept, lead invalid, warned
+    c = a[:2].copy()
+    c[0, 3, 100], c[1, 0, 7] = np.nan, np.inf  # NaN or inf inside a lead: skipped
     np.save(src / "a.npy", a)
     np.savez(src / "b.npz", x=b)
+    np.save(src / "c.npy", c)
     (src / "bad.npy").write_bytes(b"\x93NUMPY garbage")
     patients = tmp_path / "patients.csv"
     patients.write_text("record_id,patient_key\na/0,p\nb/x/1,p\n")
@@ -207,7 +210,8 @@ def test_numpy_npy_and_npz_rows_with_patients_csv(tmp_path):
     np.testing.assert_allclose(store.read([2], leads=list(LEADS8))[0],
                                resample_poly(a[1].astype(np.float64), 2, 1, axis=1), rtol=0, atol=UV / 2 + 1e-5)
     assert store.lead_valid[1].tolist() == [lead != "V3" for lead in LEADS12]
-    assert report_rows(store) == {"np/b/x/1": ("warn", "nan"), "np/bad": ("skip", "unreadable")}
+    assert report_rows(store) == {"np/b/x/1": ("warn", "nan"), "np/bad": ("skip", "unreadable"),
+                                  "np/c/0": ("skip", "nan"), "np/c/1": ("skip", "nan")}
     with pytest.raises(ValueError, match="lead names"):
         ingest(src, tmp_path / "x.zarr", format="numpy", progress=False)
 

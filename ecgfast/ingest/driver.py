@@ -477,7 +477,7 @@ def _open_or_create(ECGStore, dest, lead_names, fs, n_samples, gain_uv, chunk_re
         store = ECGStore.open(dest, mode="r+")
     except (ValueError, FileNotFoundError):
         return ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, chunk_records=chunk_records,
-                               threads=min(4, os.cpu_count() or 1))
+                               threads=min(4, os.cpu_count() or 1), overwrite="incomplete")
     found = (store.lead_names, store.fs, store.n_samples, store.gain_uv)
     if found != (tuple(lead_names), float(fs), n_samples, float(gain_uv)):
         store.close()
