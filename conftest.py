@@ -27,9 +27,10 @@ def pytest_configure(config):
 
 
 def pytest_ignore_collect(collection_path, config):
+    # Called for what lies inside the testpaths (not for the testpaths themselves): keep each run to its folder.
     bench = config.getoption("--benchmark")
-    if collection_path == ROOT / "benchmarks":
+    if collection_path == ROOT / "benchmarks" or ROOT / "benchmarks" in collection_path.parents:
         return not bench
-    if collection_path == ROOT / "tests":
+    if collection_path == ROOT / "tests" or ROOT / "tests" in collection_path.parents:
         return bench
     return None

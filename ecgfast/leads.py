@@ -118,3 +118,21 @@ def select_leads(x: np.ndarray, names, wanted) -> np.ndarray:
         else:
             raise ValueError(f"lead {lead!r} is neither stored ({names}) nor derivable from I and II")
     return out
+
+
+def needed_leads(wanted, lead_names) -> list[str]:
+    """The stored leads that producing the leads ``wanted`` reads: a lead itself, or I and II for one derived from them.
+
+    Raises ValueError naming a lead that is neither stored nor derivable.
+    """
+    stored = list(lead_names)
+    need: list[str] = []
+    for lead in wanted:
+        if lead in stored:
+            srcs = [lead]
+        elif lead in DERIVED_FROM_I_II and "I" in stored and "II" in stored:
+            srcs = ["I", "II"]
+        else:
+            raise ValueError(f"lead {lead!r} is neither stored ({stored}) nor derivable from I and II")
+        need += [s for s in srcs if s not in need]
+    return need
