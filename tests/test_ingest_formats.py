@@ -72,7 +72,7 @@ def test_muse_rhythm_leads_scaled_and_limb_leads_derived(tmp_path):
     store, report = ingested(src, tmp_path)
     assert report.format == "muse"
     assert store.record_ids.tolist() == ["muse/a", "muse/b"]
-    assert store.patient_keys.tolist() == ["P1", "P2"] and store.sex.tolist() == [1, 0]
+    assert store.patient_keys.tolist() == ["muse/P1", "muse/P2"] and store.sex.tolist() == [1, 0]
     assert store.age.tolist() == [61, 45]
     mv = adc.astype(np.float64) * 4.88 * UV  # float64 reference
     expected = np.stack([mv[0], mv[1], mv[1] - mv[0], -(mv[0] + mv[1]) / 2, mv[0] - mv[1] / 2, mv[1] - mv[0] / 2, *mv[2:]])
@@ -80,6 +80,10 @@ def test_muse_rhythm_leads_scaled_and_limb_leads_derived(tmp_path):
     assert store.lead_valid[1].tolist() == [lead != "V4" for lead in LEADS12]
     assert report_rows(store) == {"muse/b": ("warn", "lead_set"), "muse/short": ("skip", "truncated"),
                                   "muse/broken": ("skip", "unreadable")}
+    # The same files appended as a second source: new record ids, and patient P1 there is not P1 here.
+    ingest(src, tmp_path / "store.zarr", source_name="site2", progress=False)
+    store = ECGStore.open(tmp_path / "store.zarr")
+    assert store.record_ids.tolist()[2:] == ["site2/a", "site2/b"] and store.patient_ids.tolist() == [0, 1, 2, 3]
 
 
 # ---- DICOM --------------------------------------------------------------------------------------------------
@@ -134,7 +138,7 @@ def test_dicom_rhythm_group_matches_pydicom(tmp_path):
     (src / "junk.dcm").write_bytes(b"not a dicom file at all")
     store, report = ingested(src, tmp_path)
     assert report.format == "dicom" and store.record_ids.tolist() == ["dcm/x", "dcm/y"]
-    assert store.patient_keys.tolist() == ["D7", "D7"] and store.patient_ids.tolist() == [0, 0]
+    assert store.patient_keys.tolist() == ["dcm/D7", "dcm/D7"] and store.patient_ids.tolist() == [0, 0]
     assert store.age.tolist() == [58, 58] and store.sex.tolist() == [0, 0]
     ref = pydicom.dcmread(src / "x.dcm").waveform_array(1).T * UV  # pydicom: uV with sensitivity and baseline
     np.testing.assert_allclose(store.read([0])[0], ref, rtol=0, atol=UV / 2 + 1e-6)
@@ -170,7 +174,7 @@ def test_code15_exams_trimmed_resampled_and_grouped_by_patient(tmp_path):
     assert report.format == "code15"
     # Patient 7's exams are stored together, in listing order.
     assert store.record_ids.tolist() == ["code15/exams_part0/101", "code15/exams_part0/103", "code15/exams_part0/102"]
-    assert store.patient_keys.tolist() == ["7", "7", "9"] and store.patient_ids.tolist() == [0, 0, 1]
+    assert store.patient_keys.tolist() == ["code15/7", "code15/7", "code15/9"] and store.patient_ids.tolist() == [0, 0, 1]
     assert store.age.tolist() == [50, 52, 51] and store.sex.tolist() == [0, 0, 1]
     for row, i in enumerate([0, 2, 1]):
         expected = resample_poly(signals[i], 5, 4, axis=1)[:, :5000]
@@ -273,7 +277,7 @@ def test_ptbxl_layout_500_hz_records_and_patients(tmp_path):
     store, _ = ingested(root, tmp_path)
     assert store.record_ids.tolist() == ["ptbxl/records500/00000/00001_hr", "ptbxl/records500/00000/00003_hr",
                                          "ptbxl/records500/00000/00002_hr"]
-    assert store.patient_keys.tolist() == ["15709", "15709", "13243"] and (store.fs_original == 500).all()
+    assert store.patient_keys.tolist() == ["ptbxl/15709", "ptbxl/15709", "ptbxl/13243"] and (store.fs_original == 500).all()
 
 
 def test_mimic_layout_subjects_are_patients(tmp_path):
@@ -286,7 +290,7 @@ def test_mimic_layout_subjects_are_patients(tmp_path):
     (root / "record_list.csv").write_text("subject_id,study_id,path\n" + "".join(rows))
     (root / "files/p1000/stray.hea").write_text("not listed in record_list.csv\n")
     store, _ = ingested(root, tmp_path)
-    assert store.patient_keys.tolist() == ["10000032", "10000032", "10000117"]
+    assert store.patient_keys.tolist() == ["mimic/10000032", "mimic/10000032", "mimic/10000117"]
     assert store.record_ids[0] == "mimic/files/p1000/p10000032/s40689238/40689238"
     assert len(store.report["level"]) == 0
 

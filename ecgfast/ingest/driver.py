@@ -228,7 +228,8 @@ def _convert_task(job):
                     q = quantize(signal[None], gain_uv, [rid])[0]
                 except ValueError as err:
                     raise SkipRecord(part.item, "out_of_range", str(err).split(": ", 1)[1]) from err
-                out.append({"rid": rid, "key": part.patient_key or base, "length": int(length),
+                key = f"{source_name}/{part.patient_key}" if part.patient_key else base
+                out.append({"rid": rid, "key": key, "length": int(length),
                             "age": None if math.isnan(part.age) else float(part.age), "sex": int(part.sex),
                             "fs": float(part.fs), "valid": "".join("1" if v else "0" for v in valid),
                             "chunk": codec.encode(q)})
@@ -450,7 +451,7 @@ def ingest(
             store.append_columns(
                 lengths=[r["length"] for r in records],
                 record_ids=[r["rid"] for r in records],
-                patient_keys=[keys[p] or r["key"] for p, r in zip(positions, records)],
+                patient_keys=[f"{source_name}/{keys[p]}" if keys[p] else r["key"] for p, r in zip(positions, records)],
                 lead_valid=np.array([[c == "1" for c in r["valid"]] for r in records], bool).reshape(-1, len(store_leads)),
                 age=[np.nan if r["age"] is None else r["age"] for r in records],
                 sex=[r["sex"] for r in records],
