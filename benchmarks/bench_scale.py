@@ -81,6 +81,29 @@ def test_ingest_rate_per_core_extrapolated(data_dir, tmp_path):
     assert report.stored == 1000
 
 
+def test_single_writer_rate(data_dir, tmp_path):
+    """The one writer of a parallel ingest: whole encoded shards and their done markers, per 12-lead record."""
+    ingest(data_dir / "cinc2021", tmp_path / "cinc.zarr", progress=False)
+    cinc = ECGStore.open(tmp_path / "cinc.zarr")
+    shards = 8
+    with ECGStore.create(tmp_path / "w.zarr", cinc.lead_names, cinc.fs, cinc.n_samples, chunk_records=SHARD) as store:
+        codec = store.record_codec()
+        chunks = [codec.encode(r) for r in np.resize(cinc.read_block(0, len(cinc), raw=True), (SHARD, 12, 5000))]
+        fields = [{"rid": f"x/{i}", "key": "k", "length": 5000, "age": None, "sex": 1, "fs": 500.0,
+                   "valid": "1" * 12, "pos": i} for i in range(SHARD)]
+        store.begin_ingest({"key": {}})
+        c0, t0 = time.process_time(), time.perf_counter()
+        for k in range(shards):
+            store.write_encoded_shard(k, chunks)
+            store.put_ingest_marker(k, {"shard": k, "records": fields, "rows": [], "next": 0, "partial": 0})
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert store.encoded_chunks(shards - 1, SHARD) == chunks  # the shard holds what was written
+        store.end_ingest()
+    n = shards * SHARD
+    print(f"\nsingle writer, {n} 12-lead records in shards of {SHARD} with done markers: {wall / n * 1e3:.2f} ms wall, "
+          f"{cpu / n * 1e3:.2f} ms CPU per record: at most {n / wall:,.0f} records/s, 10^6 in {1e6 * wall / n / 60:.1f} min")
+
+
 def test_scale_store_size_open_and_loader_throughput(stores, benchmark):
     folder, built = stores
     for name, (path, seconds) in built.items():
