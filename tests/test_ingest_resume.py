@@ -155,3 +155,32 @@ def test_memory_store_with_worker_processes_and_an_append(source, reference, tmp
     assert store.record_ids.tolist()[-3:] == [f"src/r{N_GOOD - 1:03d}", "second/r000", "second/r001"]
     assert store.patient_ids.tolist()[-3:] == [N_GOOD - 1, N_GOOD, N_GOOD + 1]
     np.testing.assert_array_equal(store.read_block(N_GOOD, N_GOOD + 2, raw=True), reference.read_block(0, 2, raw=True))
+
+
+def test_interrupted_inside_a_record_split_into_windows(data_dir, tmp_path, monkeypatch):
+    """Shards of 3 records cut the CPSC records' windows apart: a run stopped at the first marker that ends inside a
+    record resumes there, writing each window once (Ctrl-C here, in-process; the kill -9 test covers dying)."""
+    from ecgfast.ingest import driver
+
+    src, kw = data_dir / "cpsc2018", dict(split=True, chunk_records=3, progress=False)
+    ingest(src, tmp_path / "ref.zarr", **kw)
+    reference = ECGStore.open(tmp_path / "ref.zarr")
+    write = driver._ShardWriter.write
+    stopped_at = []
+
+    def interrupted(self, next_pos, partial):
+        write(self, next_pos, partial)
+        if partial > 0:
+            stopped_at.append(self.next)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver._ShardWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(src, tmp_path / "s.zarr", **kw)
+    monkeypatch.setattr(driver._ShardWriter, "write", write)
+    report = ingest(src, tmp_path / "s.zarr", **kw)
+    assert stopped_at and report.resumed == stopped_at[0] and report.stored == len(reference)
+    store = ECGStore.open(tmp_path / "s.zarr")
+    _assert_same_fields(store, reference)
+    np.testing.assert_array_equal(store.read_block(0, len(store), raw=True),
+                                  reference.read_block(0, len(reference), raw=True))
