@@ -481,6 +481,11 @@ class ECGStore:
         report = self.report
         counts = Counter(zip(report["level"], (r.split()[0] if r else "" for r in report["reason"])))
         lines += [f"  report    {level} {reason}: {c}" for (level, reason), c in sorted(counts.items())]
+        state = self.ingest_state
+        if state is not None:
+            key = state.get("key", {})
+            lines.append(f"  ingest    unfinished run of {key.get('source')} ({key.get('format')}): "
+                         f"{len(self.ingest_markers())} shards marked done; run the same command again to finish it")
         size = self.nbytes_stored()
         if size is not None:
             ratio = f", {n * len(self.lead_names) * T * 2 / size:.2f}x compression" if size and n else ""

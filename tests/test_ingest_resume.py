@@ -129,6 +129,7 @@ def test_refused_ingests_leave_the_store_unchanged(source, tmp_path):
     with pytest.raises(ValueError, match="unfinished ingest"):
         ingest(tmp_path, other, format="wfdb", source_name="elsewhere", progress=False)
     assert _digest(other) == before
+    assert f"unfinished run of {source} (wfdb)" in ECGStore.open(other).summary()
 
 
 def test_strict_stops_at_the_first_skipped_record(source, tmp_path, capsys):
