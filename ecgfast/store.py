@@ -67,6 +67,18 @@ def quantize(signals: np.ndarray, gain_uv: float, record_ids) -> np.ndarray:
     return q
 
 
+def _crc32c(data: bytes) -> int:
+    """CRC-32C of ``data``, as the shard index's ``crc32c`` codec computes it, with the package zarr depends on."""
+    try:
+        import google_crc32c  # zarr 3.1
+
+        return google_crc32c.value(data)
+    except ImportError:
+        import crc32c  # other zarr 3 releases
+
+        return crc32c.crc32c(data)
+
+
 def _as_str(values) -> np.ndarray:
     """A fixed-width unicode array, whatever string dtype zarr returned (object or NumPy's StringDType)."""
     return np.array(list(values), dtype=str)
@@ -152,8 +164,6 @@ class _ShardReader:
         One object write, atomic on a local store (zarr writes a temporary file and renames it): a shard is
         either the old one or the new one, whenever the process dies.
         """
-        import google_crc32c
-
         if len(chunks) > self._S:
             raise ValueError(f"a shard holds at most {self._S} records, got {len(chunks)}")
         index = np.full((self._S, 2), _MISSING, "<u8")
@@ -161,7 +171,7 @@ class _ShardReader:
         index[: len(chunks), 1] = sizes
         index[: len(chunks), 0] = np.cumsum(sizes) - sizes
         raw = index.tobytes()
-        data = b"".join([*chunks, raw, np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()])
+        data = b"".join([*chunks, raw, np.uint32(_crc32c(raw)).astype("<u4").tobytes()])
         self._sync(self._store.set(self._key(shard), self._proto.buffer.from_bytes(data)))
         self.forget(shard)
 
