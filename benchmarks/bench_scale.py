@@ -100,8 +100,9 @@ def test_single_writer_rate(data_dir, tmp_path):
         assert store.encoded_chunks(shards - 1, SHARD) == chunks  # the shard holds what was written
         store.end_ingest()
     n = shards * SHARD
-    print(f"\nsingle writer, {n} 12-lead records in shards of {SHARD} with done markers: {wall / n * 1e3:.2f} ms wall, "
-          f"{cpu / n * 1e3:.2f} ms CPU per record: at most {n / wall:,.0f} records/s, 10^6 in {1e6 * wall / n / 60:.1f} min")
+    print(f"\nsingle writer, {n} 12-lead records in shards of {SHARD} with done markers: "
+          f"{wall / n * 1e3:.2f} ms wall, {cpu / n * 1e3:.2f} ms CPU per record: at most {n / wall:,.0f} records/s, "
+          f"10^6 in {1e6 * wall / n / 60:.1f} min")
 
 
 def test_scale_store_size_open_and_loader_throughput(stores, benchmark):
@@ -112,8 +113,8 @@ def test_scale_store_size_open_and_loader_throughput(stores, benchmark):
         store = ECGStore.open(path)
         fields = (store.patient_ids, store.lengths, store.lead_valid, store.record_ids)
         opened = time.perf_counter() - t0
-        print(f"\n{name} store: {len(store):,} records in {seconds:.1f} s; {size / 1e9:.2f} GB on disk, {files:,} files "
-              f"({size / len(store) / 1e3:.1f} kB per record); open + fields {opened * 1e3:.0f} ms")
+        print(f"\n{name} store: {len(store):,} records in {seconds:.1f} s; {size / 1e9:.2f} GB on disk, "
+              f"{files:,} files ({size / len(store) / 1e3:.1f} kB per record); open + fields {opened * 1e3:.0f} ms")
         assert len(fields[0]) == len(store)
 
     spec, augment = ViewSpec.paper(), Augment.paper()

@@ -55,7 +55,8 @@ def write_muse(path, adc, names, per_bit=4.88, fs=500, patient="P1", age="61", g
             ld = ET.SubElement(w, "LeadData")
             for tag, value in (("LeadByteCountTotal", len(raw)), ("LeadSampleCountTotal", len(lead)),
                                ("LeadAmplitudeUnitsPerBit", per_bit), ("LeadAmplitudeUnits", "MICROVOLTS"),
-                               ("LeadID", name), ("WaveFormData", base64.b64encode(raw[: len(raw) - truncate]).decode())):
+                               ("LeadID", name),
+                               ("WaveFormData", base64.b64encode(raw[: len(raw) - truncate]).decode())):
                 ET.SubElement(ld, tag).text = str(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path)
@@ -75,7 +76,8 @@ def test_muse_rhythm_leads_scaled_and_limb_leads_derived(tmp_path):
     assert store.patient_keys.tolist() == ["muse/P1", "muse/P2"] and store.sex.tolist() == [1, 0]
     assert store.age.tolist() == [61, 45]
     mv = adc.astype(np.float64) * 4.88 * UV  # float64 reference
-    expected = np.stack([mv[0], mv[1], mv[1] - mv[0], -(mv[0] + mv[1]) / 2, mv[0] - mv[1] / 2, mv[1] - mv[0] / 2, *mv[2:]])
+    limb = [mv[1] - mv[0], -(mv[0] + mv[1]) / 2, mv[0] - mv[1] / 2, mv[1] - mv[0] / 2]  # III, aVR, aVL, aVF
+    expected = np.stack([mv[0], mv[1], *limb, *mv[2:]])
     np.testing.assert_allclose(store.read([0])[0], expected, rtol=0, atol=UV / 2 + 1e-6)
     assert store.lead_valid[1].tolist() == [lead != "V4" for lead in LEADS12]
     assert report_rows(store) == {"muse/b": ("warn", "lead_set"), "muse/short": ("skip", "truncated"),
@@ -174,7 +176,8 @@ def test_code15_exams_trimmed_resampled_and_grouped_by_patient(tmp_path):
     assert report.format == "code15"
     # Patient 7's exams are stored together, in listing order.
     assert store.record_ids.tolist() == ["code15/exams_part0/101", "code15/exams_part0/103", "code15/exams_part0/102"]
-    assert store.patient_keys.tolist() == ["code15/7", "code15/7", "code15/9"] and store.patient_ids.tolist() == [0, 0, 1]
+    assert store.patient_keys.tolist() == ["code15/7", "code15/7", "code15/9"]
+    assert store.patient_ids.tolist() == [0, 0, 1]
     assert store.age.tolist() == [50, 52, 51] and store.sex.tolist() == [0, 0, 1]
     for row, i in enumerate([0, 2, 1]):
         expected = resample_poly(signals[i], 5, 4, axis=1)[:, :5000]
@@ -233,7 +236,8 @@ def test_cpsc2018_real_records_cropped_or_split_into_windows(data_dir, tmp_path)
         data = ecg["data"].astype(np.float64)
         assert cropped.sex[items.index(it)] == {"Male": 1, "Female": 0}[str(ecg["sex"][0])]
         starts = [s for s in range(0, data.shape[1], 5000) if data.shape[1] - s >= 2500]
-        expected_ids += [f"cpsc2018/{it}/{k}" for k in range(len(starts))] if data.shape[1] > 5000 else [f"cpsc2018/{it}"]
+        split_ids = [f"cpsc2018/{it}/{k}" for k in range(len(starts))]
+        expected_ids += split_ids if data.shape[1] > 5000 else [f"cpsc2018/{it}"]
         expected += [data[:, s : s + 5000] for s in starts]
     assert split.record_ids.tolist() == expected_ids and len(split) > len(cropped)
     x = split.read(np.arange(len(split)))
@@ -277,7 +281,8 @@ def test_ptbxl_layout_500_hz_records_and_patients(tmp_path):
     store, _ = ingested(root, tmp_path)
     assert store.record_ids.tolist() == ["ptbxl/records500/00000/00001_hr", "ptbxl/records500/00000/00003_hr",
                                          "ptbxl/records500/00000/00002_hr"]
-    assert store.patient_keys.tolist() == ["ptbxl/15709", "ptbxl/15709", "ptbxl/13243"] and (store.fs_original == 500).all()
+    assert store.patient_keys.tolist() == ["ptbxl/15709", "ptbxl/15709", "ptbxl/13243"]
+    assert (store.fs_original == 500).all()
 
 
 def test_mimic_layout_subjects_are_patients(tmp_path):

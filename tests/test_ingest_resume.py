@@ -38,7 +38,8 @@ def source(tmp_path_factory):
     rng = np.random.default_rng(0)
     t = np.arange(5000)
     for i in range(N_GOOD):
-        adc = np.rint(600 * np.sin(2 * np.pi * t[None] / rng.uniform(200, 400, (12, 1))) + rng.normal(0, 20, (12, 5000)))
+        periods = rng.uniform(200, 400, (12, 1))
+        adc = np.rint(600 * np.sin(2 * np.pi * t[None] / periods) + rng.normal(0, 20, (12, 5000)))
         if i in (7, 70):
             adc[9] = 0
         _write_record(src, f"r{i:03d}", adc)
@@ -96,7 +97,8 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_exactly_once(so
     _assert_same_fields(store, reference)
     np.testing.assert_array_equal(store.read_block(0, N_GOOD, raw=True), reference.read_block(0, N_GOOD, raw=True))
     # zarr-python itself reads the shards ingest wrote (it checks each shard index's CRC-32C).
-    np.testing.assert_array_equal(zarr.open_group(dest, mode="r")["signals"][:], reference.read_block(0, N_GOOD, raw=True))
+    np.testing.assert_array_equal(zarr.open_group(dest, mode="r")["signals"][:],
+                                  reference.read_block(0, N_GOOD, raw=True))
     rows = sorted(zip(*store.report.values()))
     assert rows == sorted(zip(*reference.report.values()))
     assert [(r[0], r[1], r[2].split()[0]) for r in rows] == [

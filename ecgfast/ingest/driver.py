@@ -411,7 +411,8 @@ def ingest(
     base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
     report = store.report
     done_before = set(store.record_ids[:base].tolist())
-    done_before |= {r for r, lv in zip(report["record_id"][:report_base], report["level"][:report_base]) if lv == "skip"}
+    done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
+                    if level == "skip"}
     pending = [p for p in order
                if f"{source_name}/{items[p]}" not in done_before and f"{source_name}/{items[p]}/0" not in done_before]
     digest = hashlib.sha256("\n".join(items[p] for p in pending).encode()).hexdigest()
@@ -452,7 +453,8 @@ def ingest(
                 lengths=[r["length"] for r in records],
                 record_ids=[r["rid"] for r in records],
                 patient_keys=[f"{source_name}/{keys[p]}" if keys[p] else r["key"] for p, r in zip(positions, records)],
-                lead_valid=np.array([[c == "1" for c in r["valid"]] for r in records], bool).reshape(-1, len(store_leads)),
+                lead_valid=np.array([[c == "1" for c in r["valid"]] for r in records], bool)
+                .reshape(-1, len(store_leads)),
                 age=[np.nan if r["age"] is None else r["age"] for r in records],
                 sex=[r["sex"] for r in records],
                 fs_original=[r["fs"] for r in records],
@@ -463,7 +465,8 @@ def ingest(
         if not any(s.get("run") == state["run"] for s in store.attrs["provenance"]["sources"]):
             store.add_source({"source": str(src), "source_name": source_name, "format": format, "run": state["run"],
                               "gain_uv": gain_uv, "options": options, "split": bool(split),
-                              "labels": str(labels) if labels else None, "patients": str(patients) if patients else None,
+                              "labels": str(labels) if labels else None,
+                              "patients": str(patients) if patients else None,
                               "stored": sum(len(m["records"]) for m in markers)})
         store.flush()
         store.end_ingest()

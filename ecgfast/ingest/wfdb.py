@@ -12,7 +12,6 @@ layout, as in the PhysioNet/CinC challenges) through their byte offset, like any
 from __future__ import annotations
 
 import csv
-import math
 import re
 from pathlib import Path
 
