@@ -1,7 +1,9 @@
-"""WFDB ingest records/s, per wall second and per CPU-second (per core), against reading the same records into
-memory (header, signal, resampling, leads, crop) without storing them.
+"""Ingest records/s per wall second and per CPU-second (per core), per format, against reading the same records into
+memory (read, resample, match leads, crop) without storing them; and the estimate for 10^6 records on 16 cores.
 
-The 50 real CinC records, linked three times under one source folder (150 records). Run with
+Sources: the 50 real CinC records (WFDB) linked 12 times (600 records) and the 10 real CPSC 2018 records (10-54 s,
+cropped to 10 s) linked 30 times (300), so that a run's fixed costs (creating the store, writing the fields) weigh
+as little as they do at scale. Ingest runs in this process (``workers=1``): its CPU time is all of it. Run with
 ``pytest --benchmark -s``.
 """
 
@@ -11,24 +13,31 @@ import pytest
 from ratios import interleaved_rates, print_table
 
 from ecgfast.ingest import convert, ingest
-from ecgfast.ingest.wfdb import WFDBReader
+from ecgfast.ingest.driver import make_reader
 from ecgfast.leads import LEADS12
 
-COPIES = 3
+SOURCES = {"wfdb": ("cinc2021", 12), "cpsc2018": ("cpsc2018", 30)}
+# Floors on ingest / read per CPU-second at the default codec. The issue's target is 0.5x; CPSC (a slower read)
+# meets it. WFDB does not: reading and converting a CinC record costs ~0.7 ms, quantizing ~0.4 ms, Blosc zstd 3
+# encoding ~1.5 ms and writing ~0.5-1 ms, so ingest runs at ~0.25x (zstd 1: ~0.35x); this floor catches regressions.
+FLOORS = {"wfdb": 0.18, "cpsc2018": 0.5}
+CORES, TARGET_RECORDS = 16, 10**6
 
 
-@pytest.fixture(scope="module")
-def source(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("wfdb")
-    for k in range(COPIES):
-        (root / f"copy{k}").mkdir()
-        for f in (data_dir / "cinc2021").iterdir():
-            (root / f"copy{k}" / f.name).symlink_to(f)
-    return root
+@pytest.fixture(scope="module", params=list(SOURCES))
+def source(request, data_dir, tmp_path_factory):
+    folder, copies = SOURCES[request.param]
+    root = tmp_path_factory.mktemp(request.param) / folder
+    for k in range(copies):
+        (root / f"copy{k:02d}").mkdir(parents=True)
+        for f in (data_dir / folder).iterdir():
+            (root / f"copy{k:02d}" / f.name).symlink_to(f)
+    return request.param, root
 
 
-def test_wfdb_ingest_rate(source, tmp_path, benchmark):
-    reader = WFDBReader(source)
+def test_ingest_rate_per_format(source, tmp_path, benchmark):
+    format, root = source
+    reader = make_reader(format, root)
     items = reader.items()
     dest = tmp_path / "ingest.zarr"
 
@@ -36,15 +45,21 @@ def test_wfdb_ingest_rate(source, tmp_path, benchmark):
         for item in items:
             convert(reader.read(item), LEADS12, 500, 5000)
 
-    def ingest_fresh():
-        shutil.rmtree(dest, ignore_errors=True)
-        ingest(source, dest, progress=False)
+    def ingest_fresh(level):
+        def run():
+            shutil.rmtree(dest, ignore_errors=True)
+            ingest(root, dest, format=format, compression_level=level, progress=False)
+        return run
 
-    cases = {"read into memory": read_only, "ingest into a store": ingest_fresh}
+    cases = {"read into memory": read_only, "ingest, zstd 3 (default)": ingest_fresh(3),
+             "ingest, zstd 1": ingest_fresh(1)}
     rates = interleaved_rates(cases, len(items), rounds=3, min_seconds=0)
-    print_table(f"WFDB ingest of {len(items)} CinC records (12 leads, 500 Hz, 10 s)", rates, "read into memory")
+    print_table(f"{format} ingest of {len(items)} records (12 leads, 500 Hz, 10 s, workers=1)", rates,
+                "read into memory")
+    for name in ("ingest, zstd 3 (default)", "ingest, zstd 1"):
+        per_core = rates[name].cpu
+        hours = TARGET_RECORDS / (CORES * per_core) / 3600
+        print(f"{name}: 10^6 records on {CORES} cores, at this rate per core and linear scaling: {hours:.2f} h")
     benchmark.extra_info.update({name: r._asdict() for name, r in rates.items()})
-    benchmark.pedantic(ingest_fresh, rounds=1, iterations=1)
-    # Storing adds the Blosc zstd encoding (~540 records per CPU-second at level 3), measured here at ~0.2x.
-    # Issue 6 asks for 0.5x (parallel shard writers); until then this floor only catches regressions.
-    assert rates["ingest into a store"].cpu >= 0.1 * rates["read into memory"].cpu
+    benchmark.pedantic(ingest_fresh(3), rounds=1, iterations=1)
+    assert rates["ingest, zstd 3 (default)"].cpu >= FLOORS[format] * rates["read into memory"].cpu

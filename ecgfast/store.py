@@ -44,6 +44,41 @@ FIELDS: dict[str, tuple[str, object]] = {
 REPORT_FIELDS = ("record_id", "level", "reason")
 
 
+def quantize(signals: np.ndarray, gain_uv: float, record_ids) -> np.ndarray:
+    """float millivolts (B, L, T) -> int16 units of ``gain_uv`` microvolts, rounded to nearest.
+
+    Raises a ValueError naming the first record with a value outside the int16 range (or not finite): a value
+    never wraps around. Works in float64, 32 records at a time: a float32 product could move a value across a
+    rounding tie.
+    """
+    signals = np.asarray(signals)
+    q = np.empty(signals.shape, np.int16)
+    for a in range(0, len(signals), 32):
+        v = np.multiply(signals[a : a + 32], 1000.0 / gain_uv, dtype=np.float64)
+        np.rint(v, out=v)
+        flat = v.reshape(len(v), -1)
+        # NaN fails both comparisons, inf the range: either way the record is refused.
+        ok = (flat.min(axis=1, initial=0) >= INT16.min) & (flat.max(axis=1, initial=0) <= INT16.max)
+        if not ok.all():
+            rid = record_ids[a + int(np.flatnonzero(~ok)[0])]
+            raise ValueError(f"record {rid}: values outside the int16 range at {gain_uv:g} uV per unit "
+                             f"(or not finite); store it with a larger gain_uv")
+        q[a : a + 32] = v
+    return q
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C of ``data``, as the shard index's ``crc32c`` codec computes it, with the package zarr depends on."""
+    try:
+        import google_crc32c  # zarr 3.1
+
+        return google_crc32c.value(data)
+    except ImportError:
+        import crc32c  # other zarr 3 releases
+
+        return crc32c.crc32c(data)
+
+
 def _as_str(values) -> np.ndarray:
     """A fixed-width unicode array, whatever string dtype zarr returned (object or NumPy's StringDType)."""
     return np.array(list(values), dtype=str)
@@ -109,6 +144,36 @@ class _ShardReader:
 
     def _key(self, shard: int) -> str:
         return f"{self._prefix}/c/{shard}/0/0"
+
+    def chunks(self, shard: int, count: int) -> list[bytes | None]:
+        """The encoded inner chunks of the first ``count`` records of a shard, None for an absent (all-zero) one."""
+        index = self._index(shard)
+        if index is None:
+            return [None] * count
+        present = np.flatnonzero(index[:count, 0] != _MISSING)
+        starts, sizes = index[present, 0].astype(np.int64), index[present, 1].astype(np.int64)
+        out = [None] * count
+        if len(present):
+            for i, b in zip(present, self._fetch(shard, list(zip(starts.tolist(), (starts + sizes).tolist())))):
+                out[i] = bytes(b)
+        return out
+
+    def write(self, shard: int, chunks: list[bytes]) -> None:
+        """Write a whole shard object from encoded inner chunks (one per record, in order), its index at the end.
+
+        One object write, atomic on a local store (zarr writes a temporary file and renames it): a shard is
+        either the old one or the new one, whenever the process dies.
+        """
+        if len(chunks) > self._S:
+            raise ValueError(f"a shard holds at most {self._S} records, got {len(chunks)}")
+        index = np.full((self._S, 2), _MISSING, "<u8")
+        sizes = np.array([len(c) for c in chunks], np.uint64)
+        index[: len(chunks), 1] = sizes
+        index[: len(chunks), 0] = np.cumsum(sizes) - sizes
+        raw = index.tobytes()
+        data = b"".join([*chunks, raw, np.uint32(_crc32c(raw)).astype("<u4").tobytes()])
+        self._sync(self._store.set(self._key(shard), self._proto.buffer.from_bytes(data)))
+        self.forget(shard)
 
     def forget(self, shard: int) -> None:
         """Drop the cached index of a shard that was just rewritten."""
@@ -217,6 +282,7 @@ class ECGStore:
         self._label_names: set[str] | None = None
         self._patients: dict[str, int] | None = None
         self._ids: set[str] | None = None
+        self._state = None  # the ingest_state group, once opened
 
     # ---- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -245,7 +311,8 @@ class ECGStore:
             compression_level: Blosc zstd level (3: 2.55x on the CinC records at ~80 MB/s per core; 5: 2.59x
                 at ~40 MB/s).
             provenance: stored in the ``provenance`` attribute (sources, options).
-            overwrite: replace whatever is at ``path``; otherwise an existing store is an error.
+            overwrite: replace whatever is at ``path``; ``"incomplete"``: replace only a store whose creation was
+                interrupted (it lacks the attributes, written last); otherwise an existing store is an error.
             threads: decoding threads for reads (default: the CPU count, at most 8).
         """
         import zarr
@@ -258,19 +325,19 @@ class ECGStore:
         for name, value in (("fs", fs), ("n_samples", n_samples), ("gain_uv", gain_uv), ("chunk_records", chunk_records)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        mode = "w" if overwrite is True else "w-"
+        if overwrite == "incomplete":
+            try:
+                existing = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
+                mode = "w" if "schema_version" not in existing.attrs else mode
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                pass
         try:
-            group = zarr.open_group(_zarr_store(path, read_only=False), mode="w" if overwrite else "w-")
+            group = zarr.open_group(_zarr_store(path, read_only=False), mode=mode)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
             raise ValueError(f"{path} already holds a store (pass overwrite=True to replace it)") from err
         from ecgfast import __version__
 
-        group.attrs.update(
-            schema_version=SCHEMA_VERSION,
-            lead_names=list(lead_names),
-            fs=float(fs),
-            gain_uv=float(gain_uv),
-            provenance={"ecgfast_version": __version__, "sources": [], **dict(provenance or {})},
-        )
         L, T = len(lead_names), int(n_samples)
         group.create_array(
             "signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
@@ -283,6 +350,14 @@ class ECGStore:
         for name in REPORT_FIELDS:
             report.create_array(name, shape=(0,), dtype=str, chunks=(_META_CHUNK,), fill_value="")
         group.create_group("labels")
+        # Last: a creation that dies before this leaves a group that open() refuses and "incomplete" replaces.
+        group.attrs.update(
+            schema_version=SCHEMA_VERSION,
+            lead_names=list(lead_names),
+            fs=float(fs),
+            gain_uv=float(gain_uv),
+            provenance={"ecgfast_version": __version__, "sources": [], **dict(provenance or {})},
+        )
         return cls(group, writable=True, location=os.fspath(path), threads=threads)
 
     @classmethod
@@ -416,6 +491,11 @@ class ECGStore:
         report = self.report
         counts = Counter(zip(report["level"], (r.split()[0] if r else "" for r in report["reason"])))
         lines += [f"  report    {level} {reason}: {c}" for (level, reason), c in sorted(counts.items())]
+        state = self.ingest_state
+        if state is not None:
+            key = state.get("key", {})
+            lines.append(f"  ingest    unfinished run of {key.get('source')} ({key.get('format')}): "
+                         f"{len(self.ingest_markers())} shards marked done; run the same command again to finish it")
         size = self.nbytes_stored()
         if size is not None:
             ratio = f", {n * len(self.lead_names) * T * 2 / size:.2f}x compression" if size and n else ""
@@ -486,25 +566,8 @@ class ECGStore:
             self._ids = set(self._column("record_id").tolist())
 
     def quantize(self, signals: np.ndarray, record_ids) -> np.ndarray:
-        """float millivolts (B, L, T) -> int16 units of ``gain_uv``, rounded to nearest.
-
-        Raises a ValueError naming the first record with a value outside the int16 range (or not finite). Works
-        in float64, 32 records at a time: a float32 product could move a value across a rounding tie.
-        """
-        signals = np.asarray(signals)
-        q = np.empty(signals.shape, np.int16)
-        for a in range(0, len(signals), 32):
-            v = np.multiply(signals[a : a + 32], 1000.0 / self._gain_uv, dtype=np.float64)
-            np.rint(v, out=v)
-            flat = v.reshape(len(v), -1)
-            # NaN fails both comparisons, inf the range: either way the record is refused.
-            ok = (flat.min(axis=1, initial=0) >= INT16.min) & (flat.max(axis=1, initial=0) <= INT16.max)
-            if not ok.all():
-                rid = record_ids[a + int(np.flatnonzero(~ok)[0])]
-                raise ValueError(f"record {rid}: values outside the int16 range at {self._gain_uv:g} uV per unit "
-                                 f"(or not finite); store it with a larger gain_uv")
-            q[a : a + 32] = v
-        return q
+        """float millivolts (B, L, T) -> int16 units of this store's ``gain_uv``: see :func:`quantize`."""
+        return quantize(signals, self._gain_uv, record_ids)
 
     def append(
         self,
@@ -539,11 +602,44 @@ class ECGStore:
         B, L, T = len(signals), len(self._lead_names), self.n_samples
         if signals.shape != (B, L, T):
             raise ValueError(f"signals must have shape (B, {L}, {T}) in the store's lead order, got {signals.shape}")
+        if raw and signals.dtype != np.int16:
+            raise ValueError(f"raw signals must be int16, got {signals.dtype}")
+        q = signals if raw else self.quantize(signals, [str(r) for r in record_ids])
+        if lead_valid is None:
+            n = np.asarray(lengths, np.int64).reshape(-1)
+            if n.shape != (B,):
+                raise ValueError(f"lengths must have shape ({B},), got {n.shape}")
+            lead_valid = np.array([np.ptp(r[:, :k], axis=1) > 0 if k > 0 else np.zeros(L, bool)
+                                   for r, k in zip(q, n)]).reshape(B, L)
+        out = self.append_columns(lengths=lengths, record_ids=record_ids, patient_keys=patient_keys, age=age, sex=sex,
+                                  fs_original=fs_original, lead_valid=lead_valid, labels=labels)
+        self._queue(q)
+        return out
+
+    def append_columns(
+        self,
+        *,
+        lengths,
+        record_ids,
+        patient_keys,
+        lead_valid,
+        age=None,
+        sex=None,
+        fs_original=None,
+        labels: Mapping[str, np.ndarray] | None = None,
+    ) -> range:
+        """Append the per-record fields of records whose signals are already written (see :meth:`write_shard`).
+
+        The arguments are those of :meth:`append` (``lead_valid`` required). Ingest writes encoded shards
+        itself and then the fields of their records through this method.
+        """
+        self._require_writable()
         record_ids = [str(r) for r in record_ids]
+        B, L, T = len(record_ids), len(self._lead_names), self.n_samples
         columns = {
-            "length": np.asarray(lengths, np.int32),
-            "record_id": np.asarray(record_ids, dtype=str),
-            "patient_key": np.asarray([str(k) for k in patient_keys], dtype=str),
+            "length": np.asarray(lengths, np.int32).reshape(-1),
+            "record_id": np.asarray(record_ids, dtype=str).reshape(-1),
+            "patient_key": np.asarray([str(k) for k in patient_keys], dtype=str).reshape(-1),
             "age": np.full(B, np.nan, np.float32) if age is None else np.asarray(age, np.float32),
             "sex": np.full(B, -1, np.int8) if sex is None else np.asarray(sex, np.int8),
             "fs_original": np.full(B, self._fs, np.float32) if fs_original is None else np.asarray(fs_original, np.float32),
@@ -553,21 +649,15 @@ class ECGStore:
                 raise ValueError(f"{name} must have shape ({B},), got {col.shape}")
         if ((columns["length"] < 0) | (columns["length"] > T)).any():
             raise ValueError(f"lengths must lie in [0, {T}]")
+        columns["lead_valid"] = np.asarray(lead_valid, bool)
+        if columns["lead_valid"].shape != (B, L):
+            raise ValueError(f"lead_valid must have shape ({B}, {L}), got {columns['lead_valid'].shape}")
         self._id_maps()
         seen = set()
         for rid in record_ids:
             if rid in self._ids or rid in seen:
                 raise ValueError(f"record id {rid!r} is already in the store")
             seen.add(rid)
-        if raw and signals.dtype != np.int16:
-            raise ValueError(f"raw signals must be int16, got {signals.dtype}")
-        q = signals if raw else self.quantize(signals, record_ids)
-        if lead_valid is None:
-            lead_valid = np.array([np.ptp(r[:, :n], axis=1) > 0 if n else np.zeros(L, bool)
-                                   for r, n in zip(q, columns["length"])]).reshape(B, L)
-        columns["lead_valid"] = np.asarray(lead_valid, bool)
-        if columns["lead_valid"].shape != (B, L):
-            raise ValueError(f"lead_valid must have shape ({B}, {L}), got {columns['lead_valid'].shape}")
         for name, values in (labels or {}).items():
             values = np.asarray(values, np.float32)
             if values.shape != (B,):
@@ -593,7 +683,6 @@ class ECGStore:
             self._extend(name, values)
         self._ids.update(record_ids)
         self._n += B
-        self._queue(q)
         return range(start, self._n)
 
     def _queue(self, q: np.ndarray) -> None:
@@ -655,9 +744,14 @@ class ECGStore:
             self._pending_start += len(block)
             self._pending = []
         self._write_columns(final=True)
+        if self._signals.shape[0] < self._n:  # records whose shards ingest wrote itself (write_encoded_shard)
+            self._signals.resize((self._n, *self._signals.shape[1:]))
 
-    def add_report(self, record_ids, levels, reasons) -> None:
-        """Append rows to ``ingest_report``: level ``skip`` or ``warn``, reason a code then details."""
+    def add_report(self, record_ids, levels, reasons, *, at: int | None = None) -> None:
+        """Append rows to ``ingest_report``: level ``skip`` or ``warn``, reason a code then details.
+
+        ``at``: write the rows from row ``at`` on, dropping any after it (a resumed ingest rewrites its rows).
+        """
         self._require_writable()
         rows = [np.asarray(list(v), dtype=str) for v in (record_ids, levels, reasons)]
         if len({len(r) for r in rows}) != 1:
@@ -666,9 +760,10 @@ class ECGStore:
             raise ValueError(f"levels must be 'skip' or 'warn', got {sorted(set(rows[1].tolist()))}")
         for name, values in zip(REPORT_FIELDS, rows):
             array = self._array(f"ingest_report/{name}")
-            n = array.shape[0]
+            n = array.shape[0] if at is None else at
             array.resize((n + len(values),))
-            array[n:] = values
+            if len(values):
+                array[n:] = values
 
     def add_source(self, entry: Mapping) -> None:
         """Record an ingested source (its path, options...) in the ``provenance`` attribute."""
@@ -676,3 +771,66 @@ class ECGStore:
         provenance = dict(self._group.attrs.get("provenance", {}))
         provenance["sources"] = [*provenance.get("sources", []), dict(entry)]
         self._group.attrs.update(provenance=provenance)
+
+    # ---- ingest: encoded shards and the state of an unfinished run --------------------------------------------
+    def record_codec(self):
+        """The numcodecs codec that encodes one int16 record (L, T) as an inner chunk of ``signals``, or None when
+        the layout is not the one :meth:`write_encoded_shard` writes. Picklable: ingest workers encode with it."""
+        if self._reader is None:
+            return None
+        from numcodecs import Blosc
+
+        cfg = self._signals.metadata.to_dict()["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[cfg["shuffle"]]
+        return Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle, blocksize=cfg.get("blocksize", 0))
+
+    def encoded_chunks(self, k: int, count: int) -> list[bytes]:
+        """The encoded records ``0:count`` of shard ``k`` as stored (to rewrite a partial shard whole); zarr leaves
+        out an all-zero record's chunk, which comes back encoded here."""
+        zeros = self.record_codec().encode(np.zeros(self._signals.shape[1:], np.int16))
+        return [zeros if c is None else c for c in self._reader.chunks(k, count)]
+
+    def write_encoded_shard(self, k: int, chunks: list[bytes]) -> None:
+        """Write shard ``k`` from records encoded with :meth:`record_codec`, in one atomic object write.
+
+        The shard lies beyond ``len(store)`` until :meth:`append_columns` and :meth:`flush` take its records in,
+        so that a run killed in between leaves the store as it was (the shard is rewritten on resuming).
+        """
+        self._require_writable()
+        self._reader.write(k, chunks)
+
+    @property
+    def ingest_state(self) -> dict | None:
+        """The attributes of an unfinished ingest run (``ingest_state`` group), None when there is none."""
+        if "ingest_state" not in self._group:
+            return None
+        return self._group["ingest_state"].attrs.asdict()
+
+    def begin_ingest(self, attrs: Mapping) -> None:
+        """Record the start of an ingest run: ``attrs`` say what it is and where the store stood."""
+        self._require_writable()
+        # One object write: a run killed at any moment has either no state or the whole of it.
+        self._state = self._group.create_group("ingest_state", overwrite=True, attributes=dict(attrs))
+
+    def ingest_markers(self) -> list[dict]:
+        """The done markers of the unfinished run's shards, in shard order."""
+        if "ingest_state" not in self._group:
+            return []
+        state = self._group["ingest_state"]
+        names = sorted(state.group_keys(), key=lambda name: int(name.removeprefix("done_")))
+        return [state[name].attrs.asdict() for name in names]
+
+    def put_ingest_marker(self, n: int, attrs: Mapping) -> None:
+        """The run's ``n``-th done marker (``ingest_state/done_<n>``): one object, written after the shard it marks,
+        holding that shard's new records' fields and the report rows up to it."""
+        self._require_writable()
+        if self._state is None:
+            self._state = self._group["ingest_state"]
+        self._state.create_group(f"done_{n}", overwrite=True, attributes=dict(attrs))
+
+    def end_ingest(self) -> None:
+        """Remove the run's state and markers: the last step of a finished run."""
+        self._require_writable()
+        if "ingest_state" in self._group:
+            del self._group["ingest_state"]
+        self._state = None

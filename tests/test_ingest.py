@@ -143,6 +143,8 @@ def test_bad_records_are_skipped_and_reported(tmp_path):
     _write_wfdb(src, "loud", good * 40, names, gain=500)  # 64 mV: beyond int16 at 1 uV per unit
     _write_wfdb(src, "eight", good[:8], ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"])
     (src / "broken.hea").write_text("broken twelve 500\n")
+    _write_wfdb(src, "nodat", good, names)
+    (src / "nodat.dat").unlink()
     dest = tmp_path / "bad.zarr"
     report = ingest(src, dest, fs=500, seconds=2, progress=False)
     store = ECGStore.open(dest)
@@ -151,9 +153,9 @@ def test_bad_records_are_skipped_and_reported(tmp_path):
     reasons = {rid: (level, reason.split()[0]) for rid, level, reason in zip(*store.report.values())}
     assert reasons == {"src/broken": ("skip", "bad_header"), "src/sub/short": ("skip", "truncated"),
                        "src/flat": ("skip", "flat_record"), "src/nolead": ("skip", "lead_set"),
-                       "src/loud": ("skip", "out_of_range")}
-    assert report.stored == 2 and sum(report.skipped.values()) == 5
-    assert "skipped 5 (bad_header 1, flat_record 1, lead_set 1, out_of_range 1, truncated 1)" in str(report)
+                       "src/loud": ("skip", "out_of_range"), "src/nodat": ("skip", "missing")}
+    assert report.stored == 2 and sum(report.skipped.values()) == 6
+    assert "skipped 6 (bad_header 1, flat_record 1, lead_set 1, missing 1, out_of_range 1, truncated 1)" in str(report)
     # An 8-lead source in a 12-lead store: the limb leads are derived, every lead valid.
     x = store.read([0], leads=["III", "aVF"])[0]
     np.testing.assert_allclose(x[0, :1000], (good[1] - good[0]) / 1000, rtol=0, atol=1e-6)

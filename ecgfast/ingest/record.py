@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class Record:
         fs: sampling rate in Hz.
         age: years, NaN unknown. sex: 0 female, 1 male, -1 unknown.
         patient_key: the source's patient identifier, None when it has none.
+        warnings: ``(reason, detail)`` pairs the reader noticed (an implausible amplitude...), reported as ``warn``.
     """
 
     item: str
@@ -30,6 +32,7 @@ class Record:
     age: float = math.nan
     sex: int = -1
     patient_key: str | None = None
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
 class SkipRecord(ValueError):
@@ -38,3 +41,60 @@ class SkipRecord(ValueError):
     def __init__(self, item: str, reason: str, detail: str = ""):
         super().__init__(f"record {item}: {reason} {detail}".rstrip())
         self.item, self.reason, self.detail = item, reason, detail
+
+
+def source_files(root: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """The files under ``root`` (a folder, or one file) with one of ``suffixes``: item -> path, sorted by item,
+    the item being the path relative to the root without its suffix (a single file: its name without suffix)."""
+    root = Path(root)
+    if root.is_file():
+        return {root.stem: root}
+    if not root.is_dir():
+        raise ValueError(f"source {root} is neither a folder nor a file")
+    found = {p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*")
+             if p.suffix.lower() in suffixes and p.is_file()}
+    return dict(sorted(found.items()))
+
+
+def age_years(text) -> float:
+    """An age in years from ``61``, ``'61'`` or DICOM's ``'061Y'``; NaN when unknown or implausible."""
+    text = str(text).strip().upper()
+    factor = {"Y": 1.0, "M": 1 / 12, "W": 1 / 52.18, "D": 1 / 365.25}.get(text[-1:], None)
+    try:
+        age = float(text[:-1]) * factor if factor else float(text)
+    except ValueError:
+        return math.nan
+    return age if 0 <= age < 150 else math.nan
+
+
+def sex_code(text) -> int:
+    """0 female, 1 male, -1 unknown, from the spellings sources use (``F``, ``Female``, ``MALE``...)."""
+    return {"f": 0, "female": 0, "m": 1, "male": 1}.get(str(text or "").strip().lower(), -1)
+
+
+class FileReader:
+    """Base of the readers whose every file is one record (``SUFFIXES``): items are the files' paths relative to
+    the source root without suffix; subclasses read one in :meth:`read`."""
+
+    format = ""
+    SUFFIXES: tuple[str, ...] = ()
+    OPTIONS: tuple[str, ...] = ()  # the format-specific options the reader takes
+
+    def __init__(self, root):
+        self.files = source_files(Path(root), self.SUFFIXES)
+
+    def items(self) -> list[str]:
+        return list(self.files)
+
+    def load(self, item: str, loader):
+        """``loader(path)`` of the item's file; a missing file is a ``missing`` skip, any error of the parser an
+        ``unreadable`` one (parsers raise many kinds for a broken file)."""
+        try:
+            return loader(self.files[item])
+        except FileNotFoundError as err:
+            raise SkipRecord(item, "missing", str(err)) from err
+        except Exception as err:  # noqa: BLE001
+            raise SkipRecord(item, "unreadable", f"{type(err).__name__}: {err}") from err
+
+    def read(self, item: str) -> Record:
+        raise NotImplementedError

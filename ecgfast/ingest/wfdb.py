@@ -1,5 +1,9 @@
 """WFDB reader: a directory tree of ``.hea`` headers with ``.dat`` or ``.mat`` signal files.
 
+Two published layouts are recognised by their index files at the source root: PTB-XL (``ptbxl_database.csv``:
+the 500 Hz ``filename_hr`` records, ``patient_id`` as the patient) and MIMIC-IV-ECG (``record_list.csv``: ``path``,
+``subject_id`` as the patient). Elsewhere every ``.hea`` under the root is a record.
+
 A lean header parser of its own (wfdb-python spends 12-14 ms per header, mostly in pandas); the tests check it
 against ``wfdb.rdrecord``. Signal files are read as the header's format says, ``.mat`` files (WFDB's wfdb2mat
 layout, as in the PhysioNet/CinC challenges) through their byte offset, like any other file.
@@ -7,13 +11,13 @@ layout, as in the PhysioNet/CinC challenges) through their byte offset, like any
 
 from __future__ import annotations
 
-import math
+import csv
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord
+from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code
 
 # Formats whose samples are whole bytes: format -> NumPy dtype (and the offset that makes them signed).
 _DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128)}
@@ -37,18 +41,6 @@ def _header_fields(item: str, text: str) -> tuple[list[str], list[str], dict[str
     return body[0].split(), body[1:], comments
 
 
-def _age(text: str | None) -> float:
-    try:
-        age = float(text)
-    except (TypeError, ValueError):
-        return math.nan
-    return age if 0 <= age < 150 else math.nan
-
-
-def _sex(text: str | None) -> int:
-    return {"f": 0, "female": 0, "m": 1, "male": 1}.get((text or "").strip().lower(), -1)
-
-
 def _unpack_24(raw: np.ndarray) -> np.ndarray:
     """Format 24: little-endian 24-bit two's-complement samples."""
     b = raw[: len(raw) - len(raw) % 3].reshape(-1, 3).astype(np.int32)
@@ -70,25 +62,79 @@ def _unpack_212(raw: np.ndarray) -> np.ndarray:
 _PACKED = {"212": _unpack_212, "24": _unpack_24}
 
 
+def _index_csv(path: Path, item_column: str, patient_column: str) -> dict[str, str]:
+    """A layout's index: item -> patient key (``15709.0`` and ``15709`` are one patient)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {item_column, patient_column} <= rows[0].keys():
+        raise ValueError(f"{path} needs the columns {item_column} and {patient_column}")
+    return {row[item_column].strip().removesuffix(".hea"): row[patient_column].strip().removesuffix(".0")
+            for row in rows}
+
+
 class WFDBReader:
-    """Reads the WFDB records under ``root``; ``items()`` lists them, ``read(item)`` gives one :class:`Record`."""
+    """Reads the WFDB records under ``root``; ``items()`` lists them, ``read(item)`` gives one :class:`Record`.
+
+    Args:
+        root: the source folder.
+        labels_from_dx: :meth:`metadata` gives one label ``dx_<code>`` per SNOMED-CT code of the ``# Dx:`` header
+            lines (1 listed, 0 not listed, NaN for a record without a Dx line).
+    """
 
     format = "wfdb"
+    OPTIONS = ("labels_from_dx",)
 
-    def __init__(self, root):
+    def __init__(self, root, labels_from_dx: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"WFDB source {root} is not a folder")
+        self.labels_from_dx = labels_from_dx
+        self.layout, self._patients = "wfdb", None
+        if (self.root / "ptbxl_database.csv").is_file():
+            self.layout = "ptbxl"
+            self._patients = _index_csv(self.root / "ptbxl_database.csv", "filename_hr", "patient_id")
+        elif (self.root / "record_list.csv").is_file():
+            self.layout = "mimic"
+            self._patients = _index_csv(self.root / "record_list.csv", "path", "subject_id")
 
     def items(self) -> list[str]:
-        """Every record under the root: header paths relative to it, without ``.hea``, sorted."""
+        """The records: those of the layout's index, else every header under the root (relative path without
+        ``.hea``), sorted."""
+        if self._patients is not None:
+            return sorted(self._patients)
         return sorted(p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.hea"))
+
+    def metadata(self, items: list[str]) -> dict:
+        """Per item: ``patient_keys`` (PTB-XL, MIMIC-IV-ECG) and, with ``labels_from_dx``, ``labels``."""
+        out = {}
+        if self._patients is not None:
+            out["patient_keys"] = [self._patients.get(it) for it in items]
+        if self.labels_from_dx:
+            codes = []
+            for item in items:
+                try:
+                    text = (self.root / f"{item}.hea").read_text(errors="replace")
+                except OSError:
+                    codes.append(None)
+                    continue
+                line = next((ln for ln in text.splitlines() if ln.lstrip("# ").lower().startswith("dx:")), None)
+                codes.append(None if line is None else
+                             {c.strip() for c in line.split(":", 1)[1].split(",") if c.strip()})
+            names = sorted({c for cs in codes if cs for c in cs})
+            labels = {f"dx_{c}": np.full(len(items), np.nan, np.float32) for c in names}
+            for i, cs in enumerate(codes):
+                for c in names if cs is not None else ():
+                    labels[f"dx_{c}"][i] = float(c in cs)
+            out["labels"] = labels
+        return out
 
     def read(self, item: str) -> Record:
         """The record ``item`` in millivolts; raises :class:`SkipRecord` with the reason when it cannot be read."""
         hea = self.root / f"{item}.hea"
         try:
             text = hea.read_text(errors="replace")
+        except FileNotFoundError as err:
+            raise SkipRecord(item, "missing", f"no header {hea.name}") from err
         except OSError as err:
             raise SkipRecord(item, "unreadable", str(err)) from err
         first, signal_lines, comments = _header_fields(item, text)
@@ -121,8 +167,8 @@ class WFDBReader:
             signal=signal,
             lead_names=[s["name"] for s in specs],
             fs=fs,
-            age=_age(comments.get("age")),
-            sex=_sex(comments.get("sex")),
+            age=age_years(comments.get("age")),
+            sex=sex_code(comments.get("sex")),
         )
 
     @staticmethod
@@ -154,6 +200,8 @@ class WFDBReader:
             raise SkipRecord(item, "unreadable", f"{path.name}: mixed formats or several samples per frame")
         try:
             raw = np.fromfile(path, dtype=np.uint8, offset=offset)
+        except FileNotFoundError as err:
+            raise SkipRecord(item, "missing", f"no signal file {path.name}") from err
         except (OSError, ValueError) as err:
             raise SkipRecord(item, "unreadable", f"{path.name}: {err}") from err
         if fmt in _PACKED:
