@@ -35,19 +35,20 @@ class Config:
     # data: None trains on the synthetic cohort, built once and cached under `cache`
     data: str | None = None
     cache: str = "data"
-    patients: int = 1200  # synthetic cohort: patients, 1-5 ECGs each (3 on average)
+    patients: int = 1000  # synthetic cohort: patients, 1-5 ECGs each (3 on average)
     seed: int = 0  # seeds everything, the synthetic cohort included
     fs: float = 100.0
     window_s: float = 2.5
     # model
     model: str = "dual"  # "dual" (one stream per lead group, V = 2 x copies) or "single" (V = 8 x copies)
-    width: float = 1 / 16
+    width: float = 1 / 32
+    dropout: float = 0.1
     # pretraining
     loss: str = "clocs"  # clocs | supcon | ntxent
     temperature: float = 0.1
     copies: int = 2
     vcg_residual: bool = False  # keep the non-dipolar part of the ECG in the VCG augmentation
-    sampling: str = "patient"  # "patient" (P patients x 2 ECGs per batch) or "uniform"
+    sampling: str = "uniform"  # "uniform" (the authors') or "patient" (P patients x 2 ECGs per batch)
     batch_size: int = 128
     lr: float = 1e-3
     adam_eps: float = 1e-8
@@ -60,7 +61,7 @@ class Config:
     fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.50, 1.0)
     downstream_epochs: tuple[int, ...] = (40, 30, 20, 12, 8)
     downstream_seeds: int = 3
-    downstream_max_steps: int | None = 120
+    downstream_max_steps: int | None = 50
     downstream_patience: int | None = 4
     lr_random: float = 1e-3
     lr_frozen: float = 0.02
@@ -80,7 +81,7 @@ PRESETS = {
     # Small enough for a 2-core CPU in minutes; the same code path as the paper's preset.
     "demo": {},
     # Dade et al.: 8 leads at 500 Hz, 5 s windows, two augmented copies, dual stream, CLOCS, uniform sampling.
-    "paper": dict(fs=500.0, window_s=5.0, width=1.0, batch_size=512, lr=1e-4, adam_eps=1e-4, epochs=200,
+    "paper": dict(fs=500.0, window_s=5.0, width=1.0, dropout=0.5, batch_size=512, lr=1e-4, adam_eps=1e-4, epochs=200,
                   sampling="uniform", downstream_epochs=(70, 50, 30, 20, 20), downstream_seeds=5,
                   downstream_max_steps=None, downstream_patience=None),
     # Seconds, for the tests.
@@ -126,7 +127,7 @@ def make_model(cfg: Config) -> torch.nn.Module:
     from ecgfast.models import DualStreamTemporalNet, SingleStreamTemporalNet
 
     cls = {"dual": DualStreamTemporalNet, "single": SingleStreamTemporalNet}[cfg.model]
-    return cls(width=cfg.width)
+    return cls(width=cfg.width, dropout=cfg.dropout)
 
 
 def window(cfg: Config) -> int:
