@@ -53,7 +53,7 @@ class Config:
     lr: float = 1e-3
     adam_eps: float = 1e-8
     clip: float = 1.0
-    epochs: int = 12
+    epochs: int = 20
     max_steps: int | None = None  # stop pretraining after this many steps in all (a resumable stop)
     checkpoint_every: int = 100  # steps
     # downstream evaluation
