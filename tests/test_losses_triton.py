@@ -6,12 +6,9 @@ temperature's gradient; the primitives' full matrix is tests/test_kernels.py's.
 """
 
 import pytest
-import torch
 
 from test_losses import (  # noqa: F401  (one_thread is an autouse fixture: imported to apply here too)
-    BF16,
-    F16,
-    F32,
+    CASES,
     LOSSES,
     one_thread,
     test_identical_embeddings_give_log_n,
@@ -22,15 +19,8 @@ from test_losses import (  # noqa: F401  (one_thread is an autouse fixture: impo
 )
 from test_losses import test_loss_matches_float64_reference as _loss_matches_reference
 
-TRITON_CASES = [
-    (1, 16, 512, "distinct", F32, False),
-    (7, 4, 100, "repeats", F32, True),
-    (7, 2, 128, "repeats", F16, True),
-    (64, 2, 100, "distinct", BF16, True),
-    (64, 4, 16, "one", F16, False),
-    (130, 4, 128, "repeats", BF16, True),
-    (130, 2, 16, "one", F32, True),
-]
+# Rows of test_losses.CASES: the V = 16 and d = 512 cases only at N = 1, where the interpreter is quick.
+TRITON_CASES = [CASES[i] for i in (2, 3, 5, 8, 9, 11, 12)]
 
 
 @pytest.fixture
