@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,18 +339,15 @@ def parse_args(argv=None) -> tuple[str, Config, argparse.Namespace]:
     parser.add_argument("command", nargs="?", default="demo", choices=("demo", "pretrain", "evaluate", "embed"))
     parser.add_argument("--out-features", dest="out_features", default="features.npy",
                         help="embed: where to write the features")
+    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if isinstance(default, bool):
+        # The value type from the annotation: int for `int | None`, str for `tuple[str, ...]`.
+        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, tuple):
-            kind = type(default[0])
-            parser.add_argument(flag, nargs="+", type=kind, default=None)
         else:
-            kind = {"width": float, "max_steps": int, "downstream_max_steps": int, "downstream_patience": int,
-                    "threads": int}.get(f.name, type(default) if default is not None else str)
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, nargs="+" if isinstance(f.default, tuple) else None)
     args = parser.parse_args(argv)
     preset = args.preset or "demo"
     if preset not in PRESETS:
