@@ -236,7 +236,7 @@ def pretrain(cfg: Config, store, split, path: Path) -> Path:
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 z = embed(batch["x"])
-            loss = contrastive_loss(cfg, z.float(), batch["patient_id"], gather=distributed)
+            loss = contrastive_loss(cfg, z, batch["patient_id"], gather=distributed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
