@@ -150,7 +150,8 @@ def test_unlabelled_store_pretrains_and_the_checkpoint_carries_its_settings(tmp_
     refused(capsys, micro(tmp_path, cache, "evaluate", "--data", cohort, "--checkpoint", ckpt_path),
             "pretrained on 500 Hz views", "50 Hz records")
     torch.save(ckpt["model"], tmp_path / "weights.pt")  # a bare state dict says nothing of its settings
-    refused(capsys, evaluate + ["--checkpoint", str(tmp_path / "weights.pt")], "not a checkpoint of `train.py pretrain`")
+    refused(capsys, evaluate + ["--checkpoint", str(tmp_path / "weights.pt")],
+            "not a checkpoint of `train.py pretrain`")
 
 
 def test_runs_never_overwrite_each_other(tmp_path, cache, cinc_dx, capsys):
