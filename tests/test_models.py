@@ -358,7 +358,12 @@ def test_authors_files_that_do_not_fit_name_the_file_and_the_problem(tmp_path, t
 def test_ecgfast_checkpoint_reads_with_its_settings(tmp_path):
     model = DualStreamTemporalNet(width=1 / 16, dropout=0.1).eval()
     config = {"model": "dual", "width": 1 / 16, "dropout": 0.1, "fs": 100.0, "tasks": ("low_lvef",)}
-    torch.save({"model": model.state_dict(), "config": config, "step": 3}, tmp_path / "pretrain.pt")
+    optimizer = torch.optim.Adam(model.parameters(), eps=1e-4)  # train.py saves its state: it must read weights_only
+    model(torch.randn(2, 8, 40)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "loader": {"epoch": 1, "step": 0},
+             "step": 3, "config": config}
+    torch.save(state, tmp_path / "pretrain.pt")
     ckpt = load_checkpoint(tmp_path / "pretrain.pt")
     assert (ckpt.kind, ckpt.width, ckpt.dropout, ckpt.source, ckpt.settings) == ("dual", 1 / 16, 0.1, "ecgfast", config)
     x = torch.randn(2, 8, 40)
