@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ecgfast.models import MODELS
+
 # ------------------------------------------------------------------------------------------------------ settings
 
 
@@ -112,7 +114,6 @@ PRESETS = {  # name: (what it is for, the settings it changes)
 PAPER_SEEDS = (42, 43, 44, 45, 46)
 SYNTH_SECONDS = 10.0  # the synthetic cohort's ECGs
 COMMANDS = ("demo", "pretrain", "evaluate", "embed")
-MODELS = {"dual": "DualStreamTemporalNet", "single": "SingleStreamTemporalNet"}  # classes of ecgfast.models
 LOSSES = ("clocs", "supcon", "ntxent")
 SAMPLING = ("uniform", "patient")
 # evaluate and embed read these from the checkpoint; a different value on the command line is refused.
@@ -177,9 +178,7 @@ def open_data(cfg: Config):
 
 
 def make_model(cfg: Config) -> torch.nn.Module:
-    import ecgfast.models
-
-    return getattr(ecgfast.models, MODELS[cfg.model])(width=cfg.width, dropout=cfg.dropout)
+    return MODELS[cfg.model](width=cfg.width, dropout=cfg.dropout)
 
 
 def window(cfg: Config) -> int:
@@ -368,26 +367,18 @@ def checkpoint_file(cfg: Config, path: Path) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else path / "pretrain.pt"
 
 
-def read_checkpoint(file: Path, given: bool = True) -> dict:
-    """A checkpoint of ``train.py pretrain``, or a ValueError saying what the file is not; ``given``: named by
-    --checkpoint (else the run's own)."""
+def checkpoint_settings(cfg: Config, explicit: set[str], file: Path, given: bool) -> tuple[Config, dict]:
+    """The pretrained weights of ``file`` (train.py's, or Dade et al.'s released files) and ``cfg`` with their
+    model, width, fs and window; a different value given on the command line is refused, naming both. ``given``: the
+    file was named by --checkpoint (else it is the run's own)."""
+    from ecgfast.models import load_checkpoint
+
     if not file.is_file():
         raise ValueError(f"--checkpoint {file}: no such file" if given else
                          f"no pretrained checkpoint at {file}: pass --checkpoint FILE, or run `python train.py "
                          f"pretrain` with the same options first")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{file} is not a checkpoint torch can read ({type(err).__name__}: {err})") from None
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise ValueError(f"{file} is not a checkpoint of `train.py pretrain` (no 'model' and 'config' in it)")
-    return ckpt
-
-
-def with_checkpoint_settings(cfg: Config, explicit: set[str], file: Path, ckpt: dict) -> Config:
-    """``cfg`` with the checkpoint's model, width, fs and window; a different value given on the command line is
-    refused, naming both."""
-    saved = ckpt["config"]
+    ckpt = load_checkpoint(file)  # a file that does not fit its architecture is a ValueError naming the tensors
+    saved = {**ckpt.settings, "model": ckpt.kind, "width": ckpt.width}
     for key in CHECKPOINT_SETTINGS:
         if key in explicit and getattr(cfg, key) != saved[key]:
             what = f"a {saved[key]}-stream network" if key == "model" else f"{flag(key)} {show(saved[key])}"
@@ -395,13 +386,9 @@ def with_checkpoint_settings(cfg: Config, explicit: set[str], file: Path, ckpt: 
                              f"pretrained as {what}: omit {flag(key)} (evaluate and embed take it from the "
                              f"checkpoint)")
     cfg = dataclasses.replace(cfg, **{key: saved[key] for key in CHECKPOINT_SETTINGS})
-    missing, unexpected = make_model(cfg).load_state_dict(ckpt["model"], strict=False)
-    if missing or unexpected:
-        raise ValueError(f"the weights in {file} do not fit a {cfg.model}-stream TemporalNet of width {cfg.width:g} "
-                         f"({len(missing)} missing and {len(unexpected)} unexpected tensors)")
-    print(f"checkpoint {file}: step {ckpt.get('step')}, pretrained on {ckpt.get('data', saved.get('data'))}; "
-          f"--model {cfg.model} --width {cfg.width:g} --fs {cfg.fs:g} --window-s {cfg.window_s:g}")
-    return cfg
+    print(f"checkpoint {file} ({ckpt.source}): --model {cfg.model} --width {cfg.width:g} --fs {cfg.fs:g} "
+          f"--window-s {cfg.window_s:g}")
+    return cfg, ckpt.state_dict
 
 
 def evaluate(cfg: Config, store, split, path: Path, pretrained: dict) -> list[dict]:
@@ -553,7 +540,7 @@ def check_run_folder(command: str, cfg: Config, path: Path, data_id: str) -> Non
                              f"{cfg.preset}, --seed {cfg.seed}): choose another --name, or pass --overwrite to "
                              f"replace that run")
     if command in ("demo", "pretrain") and (path / "pretrain.pt").exists() and not (cfg.resume or cfg.overwrite):
-        ckpt = torch.load(path / "pretrain.pt", map_location="cpu", weights_only=False)
+        ckpt = torch.load(path / "pretrain.pt", map_location="cpu", weights_only=True)
         raise ValueError(f"{path / 'pretrain.pt'} exists (step {ckpt.get('step')}): pass --resume to continue it "
                          f"(a finished one goes straight to what follows), or --overwrite to start again")
 
@@ -565,7 +552,7 @@ def check_resume(cfg: Config, path: Path, data_id: str) -> dict | None:
         if cfg.resume and not cfg.overwrite:
             print(f"--resume: no checkpoint at {file} yet, starting from step 0")
         return None
-    ckpt = read_checkpoint(file)
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
     if ckpt.get("data", data_id) != data_id:
         raise ValueError(f"--resume: {file} was pretrained on {ckpt['data']}, not {data_id}: choose another "
                          f"--name, or pass --overwrite to start again")
@@ -663,10 +650,8 @@ def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str])
     torch.manual_seed(cfg.seed)
     pretrained = None
     if command in ("evaluate", "embed"):
-        file = checkpoint_file(cfg, run_dir(cfg))
-        ckpt = read_checkpoint(file, given=cfg.checkpoint is not None)
-        cfg = with_checkpoint_settings(cfg, explicit, file, ckpt)
-        pretrained = ckpt["model"]
+        cfg, pretrained = checkpoint_settings(cfg, explicit, checkpoint_file(cfg, run_dir(cfg)),
+                                              given=cfg.checkpoint is not None)
     path = run_dir(cfg)  # after the checkpoint's settings: the synthetic cohort's name holds its rate
     data_id = data_identity(cfg)[1]
     if command != "embed":
@@ -702,7 +687,7 @@ def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str])
             print(f"pretraining on every record of {cfg.data or 'the synthetic cohort'} (no task labels, so no test "
                   f"patients are held out)")
         ckpt_path = pretrain(cfg, store, sampler, path, resume)
-        pretrained = torch.load(ckpt_path, map_location="cpu", weights_only=False)["model"] if rank0 else None
+        pretrained = torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"] if rank0 else None
     if rank0 and command in ("demo", "evaluate"):
         evaluate(cfg, store, split, path, pretrained)
 

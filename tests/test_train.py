@@ -142,7 +142,7 @@ def test_unlabelled_store_pretrains_and_the_checkpoint_carries_its_settings(tmp_
     # A value that contradicts the checkpoint is refused, naming both; so is another architecture.
     evaluate = micro(tmp_path, cache, "evaluate", "--data", str(cinc_dx), "--tasks", "dx_426783006",
                      "--checkpoint", ckpt_path)
-    refused(capsys, evaluate + ["--model", "dual"], "--model dual", "single-stream")
+    refused(capsys, evaluate + ["--model", "dual"], "--model dual", "a single-stream network")
     refused(capsys, evaluate + ["--width", "0.5"], "--width 0.5", "--width 0.0625")
     refused(capsys, evaluate + ["--window-s", "2.5"], "--window-s 2.5", "--window-s 1.5")
     train.open_data(train.Config(**{**train.PRESETS["micro"][1], "cache": str(cache)}))  # the 50 Hz cohort
@@ -151,7 +151,7 @@ def test_unlabelled_store_pretrains_and_the_checkpoint_carries_its_settings(tmp_
             "pretrained on 500 Hz views", "50 Hz records")
     torch.save(ckpt["model"], tmp_path / "weights.pt")  # a bare state dict says nothing of its settings
     refused(capsys, evaluate + ["--checkpoint", str(tmp_path / "weights.pt")],
-            "not a checkpoint of `train.py pretrain`")
+            "is not an encoder checkpoint")
 
 
 def test_runs_never_overwrite_each_other(tmp_path, cache, cinc_dx, capsys):
