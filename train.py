@@ -515,10 +515,11 @@ def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
             if command == "pretrain" else "pass --tasks with labels it has"
         raise ValueError(f"--tasks {show(cfg.tasks)}: {where} has no label {', '.join(missing)} (its labels: "
                          f"{listed or 'none'}); {fix}")
-    if missing:  # pretrain with the preset's tasks on a store that lacks them
-        print(f"{where} has no label {', '.join(missing)}: no test patients are held out for "
-              + ("it" if len(missing) == 1 else "them"))
+    if missing:  # pretrain with the preset's tasks on a store that lacks them (none left: see run())
         cfg = dataclasses.replace(cfg, tasks=tuple(t for t in cfg.tasks if t not in missing))
+        if cfg.tasks:
+            print(f"{where} has no label {', '.join(missing)}: only the test patients of {show(cfg.tasks)} are held "
+                  f"out of pretraining")
     return cfg
 
 

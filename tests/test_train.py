@@ -171,11 +171,20 @@ def test_runs_never_overwrite_each_other(tmp_path, cache, cinc_dx, capsys):
             "--seed 0", "--seed 1")
     assert snapshot(run_dir) == before
 
+    # evaluate --overwrite takes the folder over for another preset, but keeps the checkpoint it evaluates.
+    assert train.main(["evaluate", *other, "--preset", "demo", "--out", str(tmp_path), "--cache", str(cache),
+                       "--patients", "60", "--tasks", "low_lvef", "--fractions", "1", "--downstream-epochs", "1",
+                       "--downstream-seeds", "1", "--downstream-max-steps", "1", "--overwrite"]) == 0
+    after = snapshot(run_dir)
+    assert after["pretrain.pt"] == before["pretrain.pt"] and after["pretrain_log.csv"] == before["pretrain_log.csv"]
+    assert json.loads(after["config.json"])["preset"] == "demo" and "results.csv" in after
+
     # --overwrite starts again: one run in the log, a new TensorBoard folder.
     assert train.main(pretrain + ["--max-steps", "3", "--overwrite"]) == 0
     log = list(csv.DictReader(open(run_dir / "pretrain_log.csv")))
     assert [int(r["step"]) for r in log] == [1, 2, 3]
     assert len(list((run_dir / "tb").iterdir())) == 1
+    assert json.loads((run_dir / "config.json").read_text())["preset"] == "micro"
 
 
 def test_resume_continues_the_same_trajectory(tmp_path, cache, capsys):
