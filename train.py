@@ -541,9 +541,13 @@ def check_run_folder(command: str, cfg: Config, path: Path, data_id: str) -> Non
                              f"{cfg.preset}, --seed {cfg.seed}): choose another --name, or pass --overwrite to "
                              f"replace that run")
     if command in ("demo", "pretrain") and (path / "pretrain.pt").exists() and not (cfg.resume or cfg.overwrite):
-        ckpt = torch.load(path / "pretrain.pt", map_location="cpu", weights_only=True)
-        raise ValueError(f"{path / 'pretrain.pt'} exists (step {ckpt.get('step')}): pass --resume to continue it "
-                         f"(a finished one goes straight to what follows), or --overwrite to start again")
+        try:
+            step = f" (step {torch.load(path / 'pretrain.pt', map_location='cpu', weights_only=True)['step']})"
+        except Exception:  # the refusal, not the file's state, is the news
+            step = ""
+        then = "; the demo goes on to evaluate a finished one" if command == "demo" else ""
+        raise ValueError(f"{path / 'pretrain.pt'} exists{step}: pass --resume to continue it{then}, or --overwrite "
+                         f"to start again")
 
 
 def check_resume(cfg: Config, path: Path, data_id: str) -> dict | None:
