@@ -105,7 +105,7 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_exactly_once(so
         ("src/r007", "warn", "flat_lead"), ("src/r030x_truncated", "skip", "truncated"),
         ("src/r060x_broken", "skip", "bad_header"), ("src/r070", "warn", "flat_lead"),
         ("src/r090x_flat", "skip", "flat_record")]
-    assert store.ingest_state is None and not (dest / "ingest_state").exists()
+    assert store.state("ingest_state") is None and not (dest / "ingest_state").exists()
     assert len(store.attrs["provenance"]["sources"]) == 1
     # The same command once more: nothing to do, nothing added.
     again = subprocess.run(_command(source, dest, 1), capture_output=True, text=True, timeout=120)
