@@ -188,7 +188,9 @@ class ShardIO:
         self.codec = ChunkCodec(cfg["codecs"], (1, *array.shape[1:]), array.dtype)
         self._index_crc = [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
         self._index_bytes = 16 * self.records_per_shard + 4 * self._index_crc
-        self._store, self._prefix, self._location = array.store, array.path, location.rstrip("/")
+        self._store, self._location = array.store, location.rstrip("/")
+        self._prefix = f"{array.path}/" if array.path else ""
+        self._encode_key = array.metadata.encode_chunk_key
         self._proto, self._sync = default_buffer_prototype(), sync
         self._range, self._suffix = RangeByteRequest, SuffixByteRequest
         self._indexes: dict[int, tuple[np.ndarray, int]] = {}  # shard -> (index, end of its data region)
@@ -217,7 +219,7 @@ class ShardIO:
 
     # ---- naming ----------------------------------------------------------------------------------------------
     def key(self, shard: int) -> str:
-        return f"{self._prefix}/c/{shard}/0/0"
+        return self._prefix + self._encode_key((shard, 0, 0))
 
     def name(self, shard: int) -> str:
         """The shard's object as a user finds it: a file path, or the store's URL and the key."""
@@ -225,9 +227,9 @@ class ShardIO:
             return str(Path(self._root) / self.key(shard))
         return f"{self._location}/{self.key(shard)}"  # the group is the Zarr store's root
 
-    def _error(self, shard: int, count: int, problem: str) -> ShardError:
+    def _error(self, shard: int, problem: str) -> ShardError:
         start = shard * self.records_per_shard
-        return ShardError(self.name(shard), range(start, start + max(1, count)), problem)
+        return ShardError(self.name(shard), range(start, start + self.records_per_shard), problem)
 
     # ---- bytes -----------------------------------------------------------------------------------------------
     def _fetch(self, shard: int, ranges: list[tuple[int, int]] | None):
@@ -259,27 +261,27 @@ class ShardIO:
         bufs = self._sync(get_all([self._range(a, b) for a, b in ranges]))
         return None if any(b is None for b in bufs) else [b.to_bytes() for b in bufs]
 
-    def index(self, shard: int, count: int) -> np.ndarray:
-        """The (offset, nbytes) pairs of a shard's records, checked: its CRC-32C, and every chunk of its first
-        ``count`` records inside the object. A ShardError when the shard is missing, truncated or damaged."""
+    def index(self, shard: int) -> np.ndarray:
+        """The (offset, nbytes) pairs of a shard's records, checked: its CRC-32C, and every chunk it lists inside
+        the object. A ShardError when the shard is missing, truncated or damaged."""
         if shard in self._indexes:
             return self._indexes[shard][0]
         got = self._fetch(shard, None)
         if got is None:
-            raise self._error(shard, count, "the shard is missing (its object does not exist)")
+            raise self._error(shard, "the shard is missing (its object does not exist)")
         raw, size = got
         if size < self._index_bytes:
-            raise self._error(shard, count, f"truncated: {size} bytes, fewer than its index ({self._index_bytes})")
+            raise self._error(shard, f"truncated: {size} bytes, fewer than its index ({self._index_bytes})")
         pairs = 16 * self.records_per_shard
         if self._index_crc and crc32c(raw[:pairs]) != int(np.frombuffer(raw[pairs:], "<u4")[0]):
-            raise self._error(shard, count, "its index fails its CRC-32C check (the shard is truncated or damaged)")
+            raise self._error(shard, "its index fails its CRC-32C check (the shard is truncated or damaged)")
         index = np.frombuffer(raw[:pairs], "<u8").reshape(self.records_per_shard, 2)
         end = size - self._index_bytes
         present = index[:, 0] != MISSING
         stops = index[present, 0] + index[present, 1]
         if len(stops) and (stops.max() > end or (index[present, 0] > end).any()):
             bad = int(np.flatnonzero(present)[np.argmax(stops)])
-            raise self._error(shard, count, f"truncated: the chunk of its record {bad} ends at byte {int(stops.max())}, "
+            raise self._error(shard, f"truncated: the chunk of its record {bad} ends at byte {int(stops.max())}, "
                                             f"past the end of its data ({end} bytes)")
         self._indexes[shard] = (index, end)
         return index
@@ -290,17 +292,17 @@ class ShardIO:
 
     def chunks(self, shard: int, count: int) -> list[bytes | None]:
         """The encoded inner chunks of the first ``count`` records of a shard (None: absent, the fill value)."""
-        index = self.index(shard, count)
+        index = self.index(shard)
         present = np.flatnonzero(index[:count, 0] != MISSING)
         out: list[bytes | None] = [None] * count
         if len(present):
             starts, sizes = index[present, 0].astype(np.int64), index[present, 1].astype(np.int64)
             bufs = self._fetch(shard, list(zip(starts.tolist(), (starts + sizes).tolist())))
             if bufs is None:
-                raise self._error(shard, count, "the shard is missing (its object does not exist)")
+                raise self._error(shard, "the shard is missing (its object does not exist)")
             for i, n, b in zip(present, sizes, bufs):
                 if len(b) != n:
-                    raise self._error(shard, count, f"truncated: the chunk of its record {i} is cut short")
+                    raise self._error(shard, f"truncated: the chunk of its record {i} is cut short")
                 out[i] = bytes(b)
         return out
 
@@ -342,7 +344,7 @@ class ShardIO:
         for shard in np.unique(shards).tolist():
             sel = np.flatnonzero(shards == shard)
             local = records[sel] - shard * S
-            index = self.index(shard, int(local.max()) + 1)
+            index = self.index(shard)
             present = index[local, 0] != MISSING
             out[rows[sel[~present]]] = 0
             if not present.any():
@@ -362,7 +364,7 @@ class ShardIO:
                     parts = None
             if parts is None:
                 self.forget(shard)
-                raise self._error(shard, S, "truncated or removed while being read")
+                raise self._error(shard, "truncated or removed while being read")
             jobs += [(shard, p, rows[i], int(r)) for p, i, r in zip(parts, sel, local)]
 
         def decode(part):
@@ -370,7 +372,7 @@ class ShardIO:
                 try:
                     self.codec.decode(buf, out[row])
                 except ValueError as err:
-                    raise self._error(shard, S, f"record {shard * S + local}: {err}") from err
+                    raise self._error(shard, f"record {shard * S + local}: {err}") from err
 
         self._map(decode, [jobs[k :: self._threads] for k in range(self._threads)])
 

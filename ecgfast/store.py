@@ -179,7 +179,8 @@ class ECGStore:
         try:
             group = zarr.open_group(_zarr_store(path, False, storage_options), mode=mode)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
-            raise ValueError(f"{path} already holds a store (pass overwrite=True to replace it)") from err
+            raise ValueError(f"{path} already holds a store (overwrite=True replaces it; --overwrite on the command "
+                             f"line)") from err
         from ecgfast import __version__
 
         L, T = len(lead_names), int(n_samples)

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from ecgfast.ingest.convert import run_tasks
 from ecgfast.ingest.faults import fault
-from ecgfast.ingest.formats import READERS, canonical_format, describe_files, detect_format, make_reader, options
+from ecgfast.ingest.formats import READERS, canonical_format, describe_files, detect_format, format_options, make_reader
 from ecgfast.ingest.record import Reader, SkipRecord
 from ecgfast.ingest.resume import Run
 from ecgfast.leads import LEADS8, LEADS12
@@ -195,7 +196,7 @@ def _stale_options(store, key: dict, already: int, dest) -> list[str]:
         flags.append("--split" if key["split"] else "cropping (no --split)")
     for name, value in key["options"].items():
         if not any(s.get("options", {}).get(name) == value for s in earlier):
-            flags.append(options()[name][0].flag)
+            flags.append(format_options()[name][0].flag)
     for kind in ("labels", "patients"):
         if key[kind] and not any(s.get(kind) and str(Path(s[kind]).resolve()) == key[kind] for s in earlier):
             flags.append(f"--{kind}")
@@ -264,10 +265,11 @@ def _write_shards(store, run: Run, p: _Plan, src, pending: list[int], grid: tupl
     workers = max(1, min(workers, -(-len(todo) // _TASK_ITEMS)))
     with tqdm(total=len(pending), initial=next_pos, desc=f"ingest {p.source_name}", unit="rec",
               disable=not progress, smoothing=0.05) as bar:
-        for results in run_tasks(jobs, workers):
-            for pos, records, rows in results:
-                writer.add(pos, records, rows, partial if pos == next_pos else 0)
-            bar.update(len(results))
+        with closing(run_tasks(jobs, workers)) as results_in_order:  # stops the workers however this loop ends
+            for results in results_in_order:
+                for pos, records, rows in results:
+                    writer.add(pos, records, rows, partial if pos == next_pos else 0)
+                bar.update(len(results))
     writer.write(len(pending), 0)
 
 
@@ -278,11 +280,13 @@ def _finish(store, run: Run, p: _Plan, src, pending: list[int], split: bool, gai
     rows = [tuple(row) for m in run.markers for row in m["rows"]]
     if len(store) == run.attrs["base"]:  # else an earlier try died after growing the store, before ending the run
         positions = np.array([pending[r["pos"]] for r in records], np.int64)
+        keys = [f"{p.source_name}/{p.keys[q]}" if p.keys[q] else r["key"] for q, r in zip(positions, records)]
+        valid = np.array([[c == "1" for c in r["valid"]] for r in records], bool)
         store.append_columns(
             lengths=[r["length"] for r in records],
             record_ids=[r["rid"] for r in records],
-            patient_keys=[f"{p.source_name}/{p.keys[q]}" if p.keys[q] else r["key"] for q, r in zip(positions, records)],
-            lead_valid=np.array([[c == "1" for c in r["valid"]] for r in records], bool).reshape(-1, len(store.lead_names)),
+            patient_keys=keys,
+            lead_valid=valid.reshape(-1, len(store.lead_names)),
             age=[np.nan if r["age"] is None else r["age"] for r in records],
             sex=[r["sex"] for r in records],
             fs_original=[r["fs"] for r in records],
@@ -319,7 +323,7 @@ def _check(fs, seconds, leads, gain_uv, workers, chunk_records, compression_leve
     for kind, path in (("labels", labels), ("patients", patients)):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{kind} (--{kind}) {path} is not a file")
-    known = options()
+    known = format_options()
     unknown = sorted(set(reader_options) - set(known))
     if unknown:
         raise ValueError(f"ingest() got unknown options {unknown}; the format options are {sorted(known)}")
@@ -373,7 +377,7 @@ def ingest(
             1 encodes about 3x faster than the default 3 for 2.30x instead of 2.55x compression on CinC records).
         storage_options: options of the fsspec filesystem behind ``dest`` (see ``ECGStore.create``).
         progress: show a progress bar (records/s and ETA).
-        **reader_options: the format's own options (``ecgfast.ingest.formats.options()``): ``labels_from_dx``
+        **reader_options: the format's own options (``ecgfast.ingest.formats.format_options()``): ``labels_from_dx``
             (wfdb), ``source_unit_uv`` (code15), ``lead_names`` and ``source_fs`` (numpy).
     """
     started = time.perf_counter()
@@ -404,8 +408,15 @@ def ingest(
     done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
                     if level == "skip"}
     name = p.source_name
-    pending = [q for q in p.order if f"{name}/{p.items[q]}" not in done_before and f"{name}/{p.items[q]}/0" not in done_before]
+    pending = [q for q in p.order
+               if f"{name}/{p.items[q]}" not in done_before and f"{name}/{p.items[q]}/0" not in done_before]
     digest = hashlib.sha256("\n".join(p.items[q] for q in pending).encode()).hexdigest()
+    result = IngestReport(source=str(src), dest=str(dest), format=p.format, already_stored=len(p.items) - len(pending),
+                          unmatched=p.unmatched)
+    result.notes = _stale_options(store, key, result.already_stored, dest)
+    if state is None and not pending:  # nothing new: the store is left untouched
+        store.close()
+        return _summarized(result, dest, storage_options, started)
     if state is None:
         run = Run.begin(store, key, base, report_base, len(pending), digest)
     else:
@@ -413,9 +424,7 @@ def ingest(
             raise ValueError(f"source {src} changed since the interrupted ingest into {dest} began "
                              f"({len(pending)} items to ingest now, {state['pending']} then)")
         run = Run.resume(store)
-    result = IngestReport(source=str(src), dest=str(dest), format=p.format, resumed=run.resumed,
-                          already_stored=len(p.items) - len(pending), unmatched=p.unmatched)
-    result.notes = _stale_options(store, key, result.already_stored, dest)
+    result.resumed = run.resumed
 
     with store:
         if len(store) == base:  # step 3 (else an earlier try got as far as growing the store)
@@ -431,9 +440,13 @@ def ingest(
         records, rows = _finish(store, run, p, src, pending, split, gain_uv, labels, patients)  # step 4
     result.stored = len(records)
     _count(result, rows)
-    result.seconds = time.perf_counter() - started
+    return _summarized(result, dest, storage_options, started)
+
+
+def _summarized(result: IngestReport, dest, storage_options, started: float) -> IngestReport:
     from ecgfast.store import ECGStore
 
+    result.seconds = time.perf_counter() - started
     result.store_summary = ECGStore.open(dest, storage_options=storage_options).summary()
     return result
 

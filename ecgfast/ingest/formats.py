@@ -22,7 +22,7 @@ ALIASES: dict[str, str] = {alias: cls.format for cls in READERS.values() for ali
 CHOICES: tuple[str, ...] = ("auto", *READERS, *ALIASES)  # what --format takes
 
 
-def options() -> dict[str, tuple[Option, list[str]]]:
+def format_options() -> dict[str, tuple[Option, list[str]]]:
     """Every format-specific option: name -> (the option, the formats that take it)."""
     out: dict[str, tuple[Option, list[str]]] = {}
     for name, cls in READERS.items():
@@ -75,6 +75,8 @@ def make_reader(format: str, src, options: dict | None = None) -> Reader:
     options = {k: v for k, v in (options or {}).items() if v not in (None, False)}
     wrong = sorted(set(options) - {opt.name for opt in cls.OPTIONS})
     if wrong:
-        takes = [opt.name for opt in cls.OPTIONS] or "none"
-        raise ValueError(f"options {wrong} do not apply to format {format} (it takes {takes})")
+        every = {name: opt for name, (opt, _) in format_options().items()}
+        named = ", ".join(f"{every[w].flag} ({w})" if w in every else w for w in wrong)
+        takes = ", ".join(f"{opt.flag} ({opt.name})" for opt in cls.OPTIONS) or "none"
+        raise ValueError(f"options {named} do not apply to format {format} (it takes {takes})")
     return cls(src, **options)
