@@ -164,7 +164,8 @@ def _verify(args, storage_options) -> int:
         print(f"{args.store}: {len(problems)} problems", *(f"  {p}" for p in problems), sep="\n")
         return 1
     checks = "CRC-32C and decoding" if store.record_codec() and store.record_codec().checksum else "decoding"
-    print(f"{args.store}: ok ({len(store):,} records in {shards:,} shards; indexes, {checks} of every record checked)")
+    print(f"{args.store}: ok ({len(store):,} records in {shards:,} shard{'s' * (shards != 1)}; indexes, {checks} of "
+          f"every record checked)")
     return 0
 
 
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         from ecgfast.store import ECGStore
 
         print(ECGStore.open(args.store, storage_options=storage_options).summary())
+        return 0
+    except BrokenPipeError:  # the output went to a pipe that closed early (`| head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         again = "; run the same command again to finish it" if args.command == "ingest" else ""

@@ -338,12 +338,12 @@ class ShardIO:
     # ---- reading records -------------------------------------------------------------------------------------
     def read_into(self, records: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
         """Decode ``records`` (sorted, unique) into ``out[rows]`` (zeros where the index marks a chunk absent)."""
-        S = self.records_per_shard
+        records_per_shard = self.records_per_shard
         jobs = []  # (shard, buffer, row)
-        shards = records // S
+        shards = records // records_per_shard
         for shard in np.unique(shards).tolist():
             sel = np.flatnonzero(shards == shard)
-            local = records[sel] - shard * S
+            local = records[sel] - shard * records_per_shard
             index = self.index(shard)
             present = index[local, 0] != MISSING
             out[rows[sel[~present]]] = 0
@@ -372,7 +372,7 @@ class ShardIO:
                 try:
                     self.codec.decode(buf, out[row])
                 except ValueError as err:
-                    raise self._error(shard, f"record {shard * S + local}: {err}") from err
+                    raise self._error(shard, f"record {shard * records_per_shard + local}: {err}") from err
 
         self._map(decode, [jobs[k :: self._threads] for k in range(self._threads)])
 

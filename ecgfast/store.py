@@ -410,17 +410,16 @@ class ECGStore:
                 problems.append(f"length: {int(((lengths < 0) | (lengths > T)).sum())} records outside [0, {T}]")
             if len(set(ids.tolist())) != n:
                 problems.append(f"record_id: {n - len(set(ids.tolist()))} repeated ids")
-        per_shard = self._records_per_shard
-        for k in tqdm(range(-(-n // per_shard)), desc="verify shards", unit="shard", disable=not progress):
-            count = min(per_shard, n - k * per_shard)
+        records_per_shard = self._records_per_shard
+        for k in tqdm(range(-(-n // records_per_shard)), desc="verify shards", unit="shard", disable=not progress):
+            span = range(k * records_per_shard, min(n, (k + 1) * records_per_shard))
             if self._reader is not None:
-                problem = self._reader.check(k, count)
-                err = ShardError(self._reader.name(k), range(k * per_shard, k * per_shard + count), problem or "")
+                problem = self._reader.check(k, len(span))
+                err = ShardError(self._reader.name(k), span, problem or "")
             else:
                 try:
-                    records = np.arange(k * per_shard, k * per_shard + count)
-                    read_through_zarr(self._signals, self.location, records,
-                                      np.empty((count, L, T), np.int16), np.arange(count))
+                    read_through_zarr(self._signals, self.location, np.asarray(span),
+                                      np.empty((len(span), L, T), np.int16), np.arange(len(span)))
                     problem = None
                 except ShardError as caught:
                     problem, err = caught.problem, caught
@@ -600,19 +599,19 @@ class ECGStore:
         return range(start, self._n)
 
     def _queue(self, q: np.ndarray) -> None:
-        per_shard = self._records_per_shard
-        if not self._pending and self._pending_start % per_shard:
+        records_per_shard = self._records_per_shard
+        if not self._pending and self._pending_start % records_per_shard:
             # The last shard was written partially: reload it so that it is rewritten whole.
-            k0 = self._pending_start - self._pending_start % per_shard
+            k0 = self._pending_start - self._pending_start % records_per_shard
             self._pending = [self.read_block(k0, self._pending_start, raw=True)]
             self._pending_start = k0
         self._pending.append(q)
         held = sum(len(p) for p in self._pending)
-        if held >= per_shard:
+        if held >= records_per_shard:
             block = np.concatenate(self._pending)
-            whole = held - held % per_shard
-            for off in range(0, whole, per_shard):
-                self.write_shard((self._pending_start + off) // per_shard, block[off : off + per_shard])
+            whole = held - held % records_per_shard
+            for off in range(0, whole, records_per_shard):
+                self.write_shard((self._pending_start + off) // records_per_shard, block[off : off + records_per_shard])
             self._pending = [block[whole:]] if whole < held else []
             self._pending_start += whole
             self._write_columns(final=False)

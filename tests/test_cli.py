@@ -153,7 +153,7 @@ def test_verify_passes_a_good_store_and_names_a_damaged_shard(data_dir, tmp_path
     dest = tmp_path / "cinc.zarr"
     ingest(data_dir / "cinc2021", dest, chunk_records=16, progress=False)
     assert main(["verify", str(dest), "--no-progress"]) == 0
-    assert "ok (50 records in 4 shards" in capsys.readouterr().out
+    assert "ok (50 records in 4 shards;" in capsys.readouterr().out
     shard = dest / "signals" / "c" / "2" / "0" / "0"
     data = bytearray(shard.read_bytes())
     data[100] ^= 0x04

@@ -205,16 +205,38 @@ def _stale_options(store, key: dict, already: int, dest) -> list[str]:
             f"with the same command" for flag in flags]
 
 
+def _resume_point(store, key: dict, p: _Plan, src, dest) -> tuple[Run | None, list[int]]:
+    """The run to go on with (this command's unfinished one, else a new one; None when nothing is pending) and the
+    pending items in storing order: not those the store held, or had skipped, before the run began."""
+    state = Run.unfinished(store)
+    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
+    report = store.report
+    done_before = set(store.record_ids[:base].tolist())
+    done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
+                    if level == "skip"}
+    name = p.source_name
+    pending = [q for q in p.order
+               if f"{name}/{p.items[q]}" not in done_before and f"{name}/{p.items[q]}/0" not in done_before]
+    digest = hashlib.sha256("\n".join(p.items[q] for q in pending).encode()).hexdigest()
+    if state is None:
+        return (Run.begin(store, key, base, report_base, len(pending), digest) if pending else None), pending
+    if state["digest"] != digest:
+        raise ValueError(f"source {src} changed since the interrupted ingest into {dest} began "
+                         f"({len(pending)} items to ingest now, {state['pending']} then)")
+    return Run.resume(store), pending
+
+
 # ---- step 3: the shards ----------------------------------------------------------------------------------------
 class _ShardWriter:
     """Fills shards in order from encoded records, writing each full one and then its done marker."""
 
     def __init__(self, store, run: Run, next_index: int, strict: bool):
         self.store, self.run, self.strict = store, run, strict
-        self.per_shard = store.chunk_records
+        self.records_per_shard = store.chunk_records
         self.next = next_index  # store index of the next record
-        start = next_index - next_index % self.per_shard
-        self.chunks = store.encoded_chunks(start // self.per_shard, next_index - start) if next_index > start else []
+        start = next_index - next_index % self.records_per_shard  # the open shard's first record
+        self.chunks = store.encoded_chunks(start // self.records_per_shard, next_index - start) if next_index > start \
+            else []
         self.records: list[dict] = []  # the open shard's new records (fields, without the chunk)
         self.rows: list[tuple[str, str, str]] = []
 
@@ -231,7 +253,7 @@ class _ShardWriter:
             self.chunks.append(rec.pop("chunk"))
             self.records.append({**rec, "pos": pos})
             self.next += 1
-            if len(self.chunks) == self.per_shard:
+            if len(self.chunks) == self.records_per_shard:
                 done_with_item = j == len(records) - 1
                 self.write(pos + 1 if done_with_item else pos, 0 if done_with_item else j + 1)
 
@@ -240,13 +262,13 @@ class _ShardWriter:
         and the first ``partial`` records of the item at ``next_pos``."""
         if not self.records and not self.rows:
             return
-        k = (self.next - 1) // self.per_shard if self.records else self.next // self.per_shard
+        k = (self.next - 1) // self.records_per_shard if self.records else self.next // self.records_per_shard
         if self.records:
             self.store.write_encoded_shard(k, self.chunks)
         self.run.mark({"shard": k, "records": self.records, "rows": [list(r) for r in self.rows], "next": next_pos,
                        "partial": partial})
         fault("ingest.marked")
-        if len(self.chunks) == self.per_shard:
+        if len(self.chunks) == self.records_per_shard:
             self.chunks = []
         self.records, self.rows = [], []
 
@@ -401,34 +423,18 @@ def ingest(
                                      storage_options)
     if store.record_codec() is None:
         raise ValueError(f"store {dest}: its signals layout is not one that ingest writes")
-    state = Run.unfinished(store)
-    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
-    report = store.report
-    done_before = set(store.record_ids[:base].tolist())
-    done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
-                    if level == "skip"}
-    name = p.source_name
-    pending = [q for q in p.order
-               if f"{name}/{p.items[q]}" not in done_before and f"{name}/{p.items[q]}/0" not in done_before]
-    digest = hashlib.sha256("\n".join(p.items[q] for q in pending).encode()).hexdigest()
+    run, pending = _resume_point(store, key, p, src, dest)
     result = IngestReport(source=str(src), dest=str(dest), format=p.format, already_stored=len(p.items) - len(pending),
-                          unmatched=p.unmatched)
+                          unmatched=p.unmatched, resumed=run.resumed if run else 0)
     result.notes = _stale_options(store, key, result.already_stored, dest)
-    if state is None and not pending:  # nothing new: the store is left untouched
+    if run is None:  # nothing new: the store is left untouched
         store.close()
         return _summarized(result, dest, storage_options, started)
-    if state is None:
-        run = Run.begin(store, key, base, report_base, len(pending), digest)
-    else:
-        if state["digest"] != digest:
-            raise ValueError(f"source {src} changed since the interrupted ingest into {dest} began "
-                             f"({len(pending)} items to ingest now, {state['pending']} then)")
-        run = Run.resume(store)
-    result.resumed = run.resumed
+    base = run.attrs["base"]
 
     with store:
         if len(store) == base:  # step 3 (else an earlier try got as far as growing the store)
-            grid = (store_leads, float(fs), n_samples, float(gain_uv), bool(split), store.record_codec(), name)
+            grid = (store_leads, float(fs), n_samples, float(gain_uv), bool(split), store.record_codec(), p.source_name)
             _write_shards(store, run, p, src, pending, grid, workers, strict, progress)
         if pending and not run.resumed and len(store) == base:  # every pending record skipped: undo the run
             rows = [tuple(row) for m in run.markers for row in m["rows"]]
