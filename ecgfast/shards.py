@@ -83,9 +83,10 @@ class ChunkCodec:
                 cfg = dict(c.get("configuration") or {})
                 if c["name"] == "blosc":
                     shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg.get("shuffle", "noshuffle")]
+                    # The item size for shuffling comes from the array it is given (a Blosc frame says how it was
+                    # made, so decoding needs no more).
                     steps.append(numcodecs.Blosc(cname=cfg.get("cname", "zstd"), clevel=cfg.get("clevel", 5),
-                                                 shuffle=shuffle, blocksize=cfg.get("blocksize", 0),
-                                                 typesize=cfg.get("typesize") or self.dtype.itemsize))
+                                                 shuffle=shuffle, blocksize=cfg.get("blocksize", 0)))
                 elif c["name"] == "zstd":
                     steps.append(numcodecs.Zstd(level=cfg.get("level", 0), checksum=cfg.get("checksum", False)))
                 elif c["name"] == "gzip":

@@ -214,17 +214,16 @@ def _finish_and_compare(source, dest, reference, workers=1):
     return done
 
 
-@pytest.mark.parametrize("point, visible", [("ingest.columns", 0), ("ingest.grown", N_GOOD)])
-def test_killed_during_the_final_write_out_the_same_command_finishes_exactly_once(source, reference, tmp_path, point,
-                                                                                   visible):
+def test_killed_during_the_final_write_out_the_same_command_finishes_exactly_once(source, reference, tmp_path):
     """Killed after the columns, report and provenance are written but before the store grows (its records are
-    not visible yet), or after it grew but before the run's state is removed."""
+    not visible yet); run again and killed after the store grew but before the run's state is removed; run again."""
     dest = tmp_path / "s.zarr"
-    proc, _, _ = _with_fault(_command(source, dest, 1), f"{point}:kill")
-    assert proc.returncode == -signal.SIGKILL
-    store = ECGStore.open(dest)
-    assert len(store) == visible and store.state_names() == ["ingest_state"]
-    assert "unfinished run of" in store.summary()
+    for point, visible in (("ingest.columns", 0), ("ingest.grown", N_GOOD)):
+        proc, _, _ = _with_fault(_command(source, dest, 1), f"{point}:kill")
+        assert proc.returncode == -signal.SIGKILL
+        store = ECGStore.open(dest)
+        assert len(store) == visible and store.state_names() == ["ingest_state"], point
+        assert "unfinished run of" in store.summary()
     _finish_and_compare(source, dest, reference)
 
 

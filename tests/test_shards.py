@@ -144,6 +144,7 @@ CODECS = {  # inner codec chains of other Zarr v3 writers; the last two go throu
 }
 
 
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3 specification")
 @pytest.mark.parametrize("name", CODECS)
 def test_any_zarr_v3_codec_chain_reads_and_writes_what_zarr_does(name, tmp_path):
     x = _records(6, leads=3)
