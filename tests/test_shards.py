@@ -136,11 +136,11 @@ def test_an_existing_store_without_chunk_checksums_still_opens_reads_and_appends
 
 
 CODECS = {  # inner codec chains of other Zarr v3 writers; the last two go through zarr's own codec pipeline
-    "zstd + crc32c": dict(compressors=(ZstdCodec(level=1), Crc32cCodec())),
-    "gzip": dict(compressors=GzipCodec(level=1)),
-    "blosc lz4 bitshuffle": dict(compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")),
-    "transpose + zstd": dict(filters=TransposeCodec(order=(0, 2, 1)), compressors=ZstdCodec(level=1)),
-    "numcodecs.zlib": dict(compressors=zarr.codecs.numcodecs.Zlib(level=1)),
+    "zstd + crc32c": lambda: dict(compressors=(ZstdCodec(level=1), Crc32cCodec())),
+    "gzip": lambda: dict(compressors=GzipCodec(level=1)),
+    "blosc lz4 bitshuffle": lambda: dict(compressors=BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")),
+    "transpose + zstd": lambda: dict(filters=TransposeCodec(order=(0, 2, 1)), compressors=ZstdCodec(level=1)),
+    "numcodecs.zlib": lambda: dict(compressors=zarr.codecs.numcodecs.Zlib(level=1)),
 }
 
 
@@ -149,7 +149,7 @@ CODECS = {  # inner codec chains of other Zarr v3 writers; the last two go throu
 def test_any_zarr_v3_codec_chain_reads_and_writes_what_zarr_does(name, tmp_path):
     x = _records(6, leads=3)
     array = zarr.create_array(str(tmp_path / "a.zarr"), shape=x.shape, dtype="int16", chunks=(1, 3, T),
-                              shards=(4, 3, T), fill_value=0, **CODECS[name])
+                              shards=(4, 3, T), fill_value=0, **CODECS[name]())
     array[:] = x
     io = ShardIO.for_array(array, str(tmp_path / "a.zarr"), threads=2)
     assert io is not None and io.records_per_shard == 4
