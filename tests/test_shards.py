@@ -185,3 +185,17 @@ def test_chunk_codec_pickles_and_reports_a_damaged_chunk():
 
 def test_shard_error_names_a_single_record():
     assert "(record 3)" in str(ShardError("/s/c/0/0/0", range(3, 4), "missing"))
+
+
+def test_verify_through_zarr_for_a_layout_the_shard_module_does_not_handle(good, tmp_path):
+    path, x = good
+    copy = tmp_path / "unsharded.zarr"
+    shutil.copytree(path, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    del group["signals"]
+    group.create_array("signals", data=x, chunks=(SHARD, 8, T))  # unsharded chunks of 4 records
+    store = ECGStore.open(copy)
+    assert store._reader is None and store.verify() == []
+    (copy / "signals" / "c" / "1" / "0" / "0").unlink()
+    (problem,) = ECGStore.open(copy).verify()
+    assert "signals/c/1/0/0 (records 4-7): the shard is missing" in problem
