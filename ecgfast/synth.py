@@ -89,12 +89,13 @@ def make_cohort(n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 5
 
 def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 500.0, seconds: float = 10.0,
                  leads: int = 12, seed: int = 0, batch_patients: int = 2048, overwrite: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, storage_options: dict | None = None):
     """Generate the cohort in batches of ``batch_patients`` and append it to a new ``ECGStore`` at ``dest``.
 
     The store holds exactly what ``make_cohort`` with the same arguments returns (quantized to 1 µV), with labels
-    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL, ``overwrite`` replaces a store there,
-    ``progress`` shows a bar. Returns the store, open for reading.
+    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL (``storage_options`` configure its
+    filesystem), ``overwrite`` replaces a store there (``--overwrite``), ``progress`` shows a bar. Returns the store,
+    open for reading.
     """
     from tqdm.auto import tqdm
 
@@ -106,7 +107,8 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
     bank = _noise_bank(seed, fs, shape[1])
     provenance = {"source": "ecgfast.synth", "n_patients": n_patients, "ecgs_per_patient": ecgs_per_patient,
                   "seconds": seconds, "seed": seed}
-    store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite)
+    store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite,
+                            storage_options=storage_options)
     with store, tqdm(total=n_patients, unit="patient", desc="synth", disable=not progress) as bar:
         for start in range(0, n_patients, batch_patients):
             stop = min(start + batch_patients, n_patients)
@@ -114,22 +116,22 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
             store.append(c.signals, lengths=c.lengths, record_ids=c.record_ids, patient_keys=c.patient_keys,
                          age=c.age, sex=c.sex, fs_original=np.full(len(c), fs, np.float32), labels=c.labels)
             bar.update(stop - start)
-    return ECGStore.open(dest)
+    return ECGStore.open(dest, storage_options=storage_options)
 
 
 def _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed):
     if int(n_patients) != n_patients or n_patients < 1:
-        raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
+        raise ValueError(f"n_patients (--patients) must be a positive integer, got {n_patients!r}")
     if not 1.0 <= ecgs_per_patient <= MAX_ECGS:
-        raise ValueError(f"ecgs_per_patient must be in [1, {MAX_ECGS}], got {ecgs_per_patient}")
+        raise ValueError(f"ecgs_per_patient (--ecgs-per-patient) must be in [1, {MAX_ECGS}], got {ecgs_per_patient}")
     if not fs >= 50.0:
-        raise ValueError(f"fs must be at least 50 Hz, got {fs}")
+        raise ValueError(f"fs (--fs) must be at least 50 Hz, got {fs}")
     if not seconds * fs >= 1.0:
-        raise ValueError(f"seconds x fs must give at least one sample, got seconds={seconds}, fs={fs}")
+        raise ValueError(f"seconds x fs (--seconds, --fs) must give at least one sample, got seconds={seconds}, fs={fs}")
     if leads not in (8, 12):
-        raise ValueError(f"leads must be 8 or 12, got {leads!r}")
+        raise ValueError(f"leads (--leads) must be 8 or 12, got {leads!r}")
     if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
     lead_names = LEADS12 if leads == 12 else LEADS8
     return lead_names, int(round(seconds * fs)), float(fs), float(ecgs_per_patient), int(seed)
 

@@ -12,7 +12,7 @@ import wfdb
 from scipy.signal import resample_poly
 
 from ecgfast.ingest import ingest
-from ecgfast.ingest.driver import detect_format
+from ecgfast.ingest import detect_format
 from ecgfast.leads import LEADS8, LEADS12
 from ecgfast.store import ECGStore
 
@@ -184,15 +184,19 @@ def test_code15_exams_trimmed_resampled_and_grouped_by_patient(tmp_path):
         n = expected.shape[1]
         assert store.lengths[row] == n  # the zero padding at both ends is trimmed
         np.testing.assert_allclose(store.read([row])[0][:, :n], expected, rtol=0, atol=UV / 2 + 1e-5)
-    assert len(store.report["level"]) == 0
+    # Exam 101 fills all 4096 samples (10.24 s): the 0.24 s beyond the store's 10 s are reported, not lost silently.
+    assert report_rows(store) == {"code15/exams_part0/101": ("warn", "cropped")}
+    assert "0.24 s of 10.2 s discarded" in store.report["reason"][0]
 
 
 def test_code15_unit_override_and_implausible_amplitude_warning(tmp_path):
     write_code15(tmp_path / "c", [(5, 1)], [4096], unit_mv=0.1)  # stored in units of 100 uV
     store, _ = ingested(tmp_path / "c", tmp_path, format="code15", source_unit_uv=100)
-    assert len(store.report["level"]) == 0 and 0.3 < np.ptp(store.read([0])).max() < 5
+    # (the exam fills all 4096 samples, 10.24 s: the only row is the crop to 10 s)
+    assert report_rows(store) == {"c/exams_part0/5": ("warn", "cropped")} and 0.3 < np.ptp(store.read([0])).max() < 5
     store2, report = ingested(tmp_path / "c", tmp_path / "again", format="code15")  # read as mV: 10x too large
-    assert report_rows(store2) == {"c/exams_part0/5": ("warn", "amplitude")}
+    assert sorted(zip(store2.report["level"], [r.split()[0] for r in store2.report["reason"]])) == [
+        ("warn", "amplitude"), ("warn", "cropped")]
 
 
 # ---- NumPy --------------------------------------------------------------------------------------------------

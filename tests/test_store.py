@@ -250,3 +250,31 @@ def test_report_and_summary(tmp_path):
     for part in ("records   45", "patients 15", "af: 16 known, prevalence 0.500", "skip truncated: 2",
                  "warn flat_lead: 1", "MB"):
         assert part in text, part
+
+
+def test_storage_options_pass_through_create_open_and_ingest(data_dir, monkeypatch):
+    """``storage_options`` reach fsspec's filesystem (an S3-compatible endpoint's URL, keys...) from every entry."""
+    from ecgfast.ingest import ingest
+
+    seen = []
+    from_url = zarr.storage.FsspecStore.from_url
+
+    def recording(url, **kwargs):
+        seen.append((url, kwargs.get("storage_options")))
+        return from_url(url, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.FsspecStore, "from_url", staticmethod(recording))
+    options = {"endpoint_url": "http://localhost:9000", "anon": False}
+    url = "memory://ecgfast-options/store.zarr"
+    with ECGStore.create(url, LEADS12, 500, T, chunk_records=4, overwrite=True, storage_options=options) as store:
+        _append(store, _signals(5))
+    store = ECGStore.open(url, storage_options=options)
+    fs = store._group.store.fs  # the filesystem itself was made with them (memory:// is wrapped to be async)
+    assert options.items() <= getattr(fs, "sync_fs", fs).storage_options.items()
+    np.testing.assert_allclose(store.read([4]), _expected_mv(_signals(5))[[4]], rtol=2e-7, atol=1e-6)
+    ingest(data_dir / "ptb_frank", "memory://ecgfast-options/ptb.zarr", storage_options=options, progress=False)
+    assert len(ECGStore.open("memory://ecgfast-options/ptb.zarr", storage_options=options)) == 1
+    assert seen and all(opts == options for _, opts in seen)
+    assert {u for u, _ in seen} == {url, "memory://ecgfast-options/ptb.zarr"}
+    with pytest.raises(ValueError, match="apply to fsspec URLs"):
+        ECGStore.open("some/local/path.zarr", storage_options=options)

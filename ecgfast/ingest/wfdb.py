@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code
+from ecgfast.ingest.record import Option, Reader, Record, SkipRecord, age_years, sex_code
 
 # Formats whose samples are whole bytes: format -> NumPy dtype (and the offset that makes them signed).
 _DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128)}
@@ -72,7 +72,7 @@ def _index_csv(path: Path, item_column: str, patient_column: str) -> dict[str, s
             for row in rows}
 
 
-class WFDBReader:
+class WFDBReader(Reader):
     """Reads the WFDB records under ``root``; ``items()`` lists them, ``read(item)`` gives one :class:`Record`.
 
     Args:
@@ -82,7 +82,8 @@ class WFDBReader:
     """
 
     format = "wfdb"
-    OPTIONS = ("labels_from_dx",)
+    SUFFIXES = (".hea",)
+    OPTIONS = (Option("labels_from_dx", "one label dx_<code> per SNOMED-CT code of the headers' '# Dx:' lines", bool),)
 
     def __init__(self, root, labels_from_dx: bool = False):
         self.root = Path(root)
