@@ -22,6 +22,8 @@ from ecgfast.losses import clocs_loss, reference
 D = 128
 N_TIME = 16_384
 N_MEMORY = 32_768
+# pytest-benchmark's own table, in a group of its own: seconds of one call or one fresh process, per case.
+pytestmark = pytest.mark.benchmark(group="bench_losses_cpu: s per call or process; read the printed figures")
 
 
 def _inputs(n):
@@ -38,6 +40,7 @@ def _reference(z, patient_id):
 
 
 def test_chunked_time_against_reference(benchmark):
+    print(f"\nN = {N_TIME}: the reference needs about {20 * N_TIME**2 / 2**30:.1f} GB of memory")
     z, patient_id = _inputs(N_TIME)
     cases = {
         "reference": lambda: _reference(z.clone().requires_grad_(), patient_id),
@@ -76,6 +79,10 @@ print((peak_kib() - before) / 2**20)
 
 @pytest.mark.parametrize("path,n", [("chunked", N_MEMORY), ("chunked", N_TIME), ("reference", N_TIME)])
 def test_peak_memory_beyond_inputs(benchmark, path, n):
+    # The reference holds the N x N logits and their gradient in fp32 (and softmax temporaries): about 20 N^2 bytes.
+    need = 20 * n * n / 2**30 if path == "reference" else 0.3
+    print(f"\n{path} N = {n}: needs about {need:.1f} GB of memory")
+
     def fresh_process():
         out = subprocess.run([sys.executable, "-c", _PEAK, str(n), path], capture_output=True, text=True, check=True)
         return float(out.stdout)

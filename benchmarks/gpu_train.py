@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,10 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ecgfast.models import DualStreamTemporalNet, train_flops
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devices import device_info, seconds_per_call, use_checkout  # noqa: E402
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
-PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+use_checkout()  # runs from the checkout in a bare environment with torch and triton
+
+from ecgfast.models import DualStreamTemporalNet, train_flops  # noqa: E402
 
 
 def contrastive_loss(z: torch.Tensor, patient_id: torch.Tensor) -> torch.Tensor:
@@ -58,8 +61,9 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device("cuda" if cuda else "cpu")
-    name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAKS.items() if k in name), None)
+    info = device_info()  # the exact card: H100 SXM, PCIe or NVL, H200, A100, ... and its dense bf16 peak
+    name = info["name"] if cuda else platform.processor() or "cpu"
+    peak = (args.peak_tflops or info["peak_tflops"] or 0) * 1e12 or None
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
 
@@ -88,14 +92,11 @@ def main() -> None:
         step()
     sync()
     warmup_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        loss = step()
-    sync()
-    step_s = (time.perf_counter() - start) / args.steps
+    step_s = seconds_per_call(step, args.steps, warmup=0)  # CUDA events around the steps, one synchronization
+    loss = step()
 
     result = {
-        "device": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": name, "device_label": info["label"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "compiled": compiled, "batch": args.batch,
         "width": args.width, "copies": args.copies, "samples": args.samples, "steps": args.steps,
         "warmup_s": round(warmup_s, 3), "step_s": step_s, "ecgs_per_s": args.batch / step_s,

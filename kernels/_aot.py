@@ -21,13 +21,24 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-# name -> (module, kernel, direction)
+from . import _sass
+
+# name -> (module, kernel, direction, constexprs): the kernels a launch runs. "_cols" runs only for unbounded logits
+# (or deterministic=True); "_det" are the atomic-free kernels of deterministic=True (and, for the backward, of
+# inputs wider than 128 features: ``_lse.atomic_backward``).
 KERNELS = {
-    "cross_fwd": ("cross_lse", "_cross_lse_fwd", "fwd"),
-    "cross_bwd": ("cross_lse", "_cross_lse_bwd", "bwd"),
-    "self_fwd": ("self_lse", "_self_lse_fwd", "fwd"),
-    "self_bwd": ("self_lse", "_self_lse_bwd", "bwd"),
+    "cross_fwd": ("cross_lse", "_cross_fwd", "fwd", dict(ATOMIC=True, COLUMNS=False)),
+    "cross_fwd_cols": ("cross_lse", "_cross_fwd", "fwd", dict(ATOMIC=True, COLUMNS=True)),
+    "cross_fwd_det": ("cross_lse", "_cross_fwd", "fwd", dict(ATOMIC=False, COLUMNS=False)),
+    "cross_bwd": ("cross_lse", "_cross_bwd", "bwd", {}),
+    "cross_bwd_det": ("cross_lse", "_cross_bwd_owned", "bwd", {}),
+    "self_fwd": ("self_lse", "_self_fwd", "fwd", dict(ATOMIC=True)),
+    "self_fwd_det": ("self_lse", "_self_fwd", "fwd", dict(ATOMIC=False)),
+    "self_bwd": ("self_lse", "_self_bwd", "bwd", {}),
+    "self_bwd_det": ("self_lse", "_self_bwd_owned", "bwd", {}),
 }
+# Variants of a kernel, named by suffixes: "+edge" is the launch over the last, partial row block (row masks, see
+# ``_lse.launch_rows``), "+dscale" a backward that also sums d loss / d scale (the scale requires a gradient).
 ARCHS = (80, 90)
 # The largest dynamic shared memory a block may use (the opt-in maximum): A100, H100.
 SHARED_LIMITS = {80: 163 * 1024, 90: 227 * 1024}
@@ -52,7 +63,7 @@ def split(job):
 def jobs(archs=ARCHS, dtypes=("bf16", "fp16", "fp32"), widths=(128, 256, 512), kernels=tuple(KERNELS), sizes=("small",
          "large")):
     """Every (kernel, arch, dtype, width, precision, tiles) that a launch can pick from the tile table."""
-    from . import _tiles
+    from . import _lse, _tiles
 
     out, seen = [], set()
     for name in kernels:
@@ -61,9 +72,13 @@ def jobs(archs=ARCHS, dtypes=("bf16", "fp16", "fp32"), widths=(128, 256, 512), k
             for dtype in dtypes:
                 itemsize = 4 if dtype == "fp32" else 2
                 for bd in widths:
+                    if name in ("cross_bwd", "self_bwd") and not _lse.atomic_backward(bd, 1, False):
+                        continue  # never launched: wider inputs take the atomic-free backward
                     small, large = _tiles.TABLE[(arch, direction, itemsize, bd)]
                     for tiles in [t for size, t in (("small", small), ("large", large)) if size in sizes]:
                         for precision in precisions(dtype):
+                            if name in ("cross_bwd", "self_bwd") and precision == "highest":
+                                continue  # fp32 under "highest" takes the atomic-free backward
                             key = (name, arch, dtype, bd, precision, tiles)
                             if key not in seen:
                                 seen.add(key)
@@ -85,11 +100,11 @@ def _example_args(fn, dtype, bd):
     from triton.runtime.jit import MockTensor
 
     n, v, d = EXAMPLE_N, EXAMPLE_V, bd
-    ints = dict(n=n, d=d, stride_n=v * d, stride_v=d, V=v, P=v * (v - 1) // 2)
+    ints = dict(block0=0, n=n, d=d, stride_n=v * d, stride_v=d, V=v, P=v * (v - 1) // 2)
     if "stride_v" not in fn.arg_names:  # self_lse takes a 2-d input
         ints["stride_n"] = d
     types = dict(x=torch.float16 if dtype == "fp32" else getattr(torch, DTYPE_NAMES[dtype]))
-    types.update(xl=types["x"], dx=getattr(torch, DTYPE_NAMES[dtype]))
+    types.update(xl=types["x"], dx=getattr(torch, DTYPE_NAMES[dtype]), pairs=torch.int32)
     out = {}
     for p in fn.params:
         if p.is_constexpr:
@@ -108,13 +123,15 @@ def compile_one(job):
     from . import _lse
     from ._lse import Tiles
 
-    module_name, kernel_name, _ = KERNELS[job["kernel"]]
+    name, *flags = job["kernel"].split("+")
+    module_name, kernel_name, direction, fixed = KERNELS[name]
     fn = getattr(importlib.import_module(f"ecgfast.kernels.{module_name}"), kernel_name)
     tiles = Tiles(*job["tiles"])
-    constexprs = dict(BM=tiles.BM, BN=tiles.BN, BD=job["bd"], BK=_lse.contraction_chunk(job["bd"], split(job)),
-                      SPLIT=split(job))
-    if KERNELS[job["kernel"]][2] == "bwd":
-        constexprs["BO"] = _lse.output_chunk(job["bd"], split(job))
+    constexprs = dict(fixed, ROW_EDGE="edge" in flags, BM=tiles.BM, BN=tiles.BN, BD=job["bd"],
+                      BK=tiles.BK or _lse.contraction_chunk(job["bd"], split(job)), SPLIT=split(job))
+    if direction == "bwd":
+        atomic = name in ("cross_bwd", "self_bwd")
+        constexprs.update(BO=tiles.BO or _lse.output_chunk(job["bd"], split(job), atomic), DSCALE="dscale" in flags)
     signature, attrs = {}, {}
     args = _example_args(fn, job["dtype"], job["bd"])
     for i, p in enumerate(fn.params):
@@ -142,10 +159,39 @@ def compile_one(job):
         sass = subprocess.run([_bin("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
     resources = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
     shared = compiled.metadata.shared
-    return dict(result, sm=compiled.metadata.arch, shared=shared, registers=int(resources["REG"]),
-                spill_bytes=int(resources["STACK"]) + int(resources["LOCAL"]),
-                tensor_core_ops=len(re.findall(rf"\b(?:{TENSOR_CORE_OPS[job['arch']]})\b", sass)),
-                ex2=len(re.findall(r"MUFU\.EX2", sass)), fits=shared <= SHARED_LIMITS[job["arch"]], error=None)
+    result = dict(result, sm=compiled.metadata.arch, shared=shared, registers=int(resources["REG"]),
+                  spill_bytes=int(resources["STACK"]) + int(resources["LOCAL"]),
+                  tensor_core_ops=len(re.findall(rf"\b(?:{TENSOR_CORE_OPS[job['arch']]})\b", sass)),
+                  hgmma_ops=len(re.findall(r"\bHGMMA\b", sass)), ex2=len(re.findall(r"MUFU\.EX2", sass)),
+                  fits=shared <= SHARED_LIMITS[job["arch"]], error=None)
+    return dict(result, **_loop_figures(job, tiles, constexprs, _sass.main_loop(sass), result))
+
+
+def _loop_figures(job, tiles, constexprs, loop, result):
+    """Per logit tile of the column sweep, on the bounded-logits path (and EX2 on the running-max path): tensor-core
+    instructions and FLOPs, EX2 per logit, CTAs per SM, and the static H100 estimate of the time per view pair at
+    N = 65,536 (see ``_sass``)."""
+    if loop is None:
+        return dict(loop=None)
+    bounded, unbounded = loop["bounded"], loop["unbounded"]
+    logits = tiles.BM * tiles.BN
+    ctas = _sass.ctas_per_sm(result["registers"], 32 * tiles.warps, result["shared"])
+    pieces = 2 if constexprs["SPLIT"] == 3 else 1
+    bo = constexprs.get("BO", constexprs["BD"])
+    loaded = tiles.BN * (constexprs["BD"] + (bo if bo < constexprs["BD"] else 0)) * 2 * pieces + tiles.BN * 12
+    cycles, bound = _sass.tile_cycles(bounded, tiles.warps, loaded, ctas)
+    passes = constexprs["BD"] // bo  # feature chunks, each a sweep
+    seconds = _sass.pass_seconds(cycles, EXAMPLE_N, tiles.BM, tiles.BN) * passes
+    name = job["kernel"].split("+")[0]
+    if name in ("self_fwd", "self_bwd"):
+        seconds /= 2  # the upper triangle of tiles
+    elif name in ("cross_fwd_cols", "cross_fwd_det", "cross_bwd_det"):
+        seconds *= 2  # a view pair's logits swept from both of its sides (two launches, or both views' programs)
+    return dict(loop=True, tile_tensor_ops=bounded["tensor_ops"],
+                flops_per_logit=_sass.cta_flops(bounded, tiles.warps) / logits,
+                ex2_per_logit=bounded["ex2"] * 32 * tiles.warps / logits,
+                ex2_per_logit_unbounded=unbounded["ex2"] * 32 * tiles.warps / logits, ctas_per_sm=ctas,
+                estimate_ms=seconds * 1e3, bound=bound)
 
 
 def _worker_init():
@@ -170,19 +216,29 @@ def problems(result):
         out.append(f"{result['shared']} bytes of shared memory, over {SHARED_LIMITS[result['arch']]}")
     if not result["tensor_core_ops"]:
         out.append("no tensor-core instruction")
+    if result["arch"] >= 90 and result["hgmma_ops"] != result["tensor_core_ops"]:
+        out.append(f"{result['tensor_core_ops'] - result['hgmma_ops']} mma.sync (HMMA) instead of wgmma")
     return out
 
 
 def table(results):
-    """A plain-text table of the results, one line per compile."""
-    head = (f"{'kernel':10} {'sm':6} {'dtype':5} {'bd':>4} {'precision':9} {'tiles':30} {'regs':>4} {'smem KB':>7} "
-            f"{'spill':>5} {'TC ops':>6} {'EX2':>4}  problems")
+    """A plain-text table of the results, one line per compile: resources, the column sweep's tensor-core
+    instructions and FLOPs per logit tile, EX2 per logit (bounded logits; running max), CTAs per SM, and the static
+    H100 estimate of milliseconds per view pair at N = 65,536 with the resource that bounds it."""
+    head = (f"{'kernel':20} {'sm':4} {'dtype':5} {'bd':>3} {'fp32':7} {'tiles':36} {'regs':>4} {'smem KB':>7} "
+            f"{'spill':>5} {'TC/tile':>7} {'FLOP/logit':>10} {'EX2/logit':>9} {'CTA/SM':>6} {'est. ms':>8} "
+            f"{'bound':7} problems")
     lines = [head, "-" * len(head)]
     for r in results:
-        start = f"{r['kernel']:10} sm{r['arch']:<4} {r['dtype']:5} {r['bd']:>4} {r['precision']:9} {r['config_text']:30}"
+        start = (f"{r['kernel']:20} {r['arch']:<4} {r['dtype']:5} {r['bd']:>3} {r['precision']:7} "
+                 f"{r['config_text']:36}")
         if r["error"]:
             lines.append(f"{start} {r['error']}")
             continue
-        lines.append(f"{start} {r['registers']:>4} {r['shared'] / 1024:>7.1f} {r['spill_bytes']:>5} "
-                     f"{r['tensor_core_ops']:>6} {r['ex2']:>4}  {'; '.join(problems(r))}")
+        loop = (f"{r['tile_tensor_ops']:>7} {r['flops_per_logit']:>10.0f} "
+                f"{r['ex2_per_logit']:>4.2f};{r['ex2_per_logit_unbounded']:<4.2f} {r['ctas_per_sm']:>6} "
+                f"{r['estimate_ms']:>8.2f} {r['bound']:7}" if r.get("loop") else f"{'-':>7} {'-':>10} {'-':>9} "
+                f"{'-':>6} {'-':>8} {'-':7}")
+        lines.append(f"{start} {r['registers']:>4} {r['shared'] / 1024:>7.1f} {r['spill_bytes']:>5} {loop} "
+                     f"{'; '.join(problems(r))}")
     return "\n".join(lines)

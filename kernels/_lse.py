@@ -1,13 +1,18 @@
 """The log-sum-exp tile machinery that ``cross_lse`` and ``self_lse`` share: input checks, the scalars a launch
-reads from device memory, the tile sizes, and the ``@triton.jit`` loops (a row block's LSE, a row block's gradient).
+reads from device memory, launch options, and the ``@triton.jit`` sweeps: a row block's LSE (``row_lse``), a row
+block's gradient in one pass with the column side added by atomics (``sweep_grad``) or owning its rows only
+(``row_grad``, the atomic-free design).
 
-Both loops sweep a block of BM rows against all column tiles of BN rows, so a logit tile (BM x BN) only ever lives
-on chip. Logits are kept in base 2 (``scale2 = scale * log2(e)``) so that every exponential is one ``exp2``.
+Every sweep takes a block of BM rows against column tiles of BN rows, so a logit tile (BM x BN) only ever lives on
+chip. Logits are kept in base 2 (``scale2 = scale * log2(e)``) so that every exponential is one ``exp2``. Padding
+columns get logits of -inf (one FFMA per logit computes the logit and its mask), padding rows are masked only in
+the launch over the last row block (``launch_rows``), and the other tiles carry no mask at all.
 
 Bounded logits. When ``|S_ij| <= bound <= FIXED_SHIFT_LIMIT`` (normalized inputs give ``bound = scale``), exp(S)
-needs no running max at all: one exp per logit. The bound comes from the largest row norm, computed on the device;
-the kernels read it and branch at run time, so a launch never waits for the GPU. Otherwise the online running max
-is used. In the backward, exp(S - lse_i) = exp(S) * exp(-lse_i): one exp per logit and the factor per row.
+needs no running max at all: one exp per logit, and a tile's exps give both its row and its column sums. The bound
+comes from the largest row norm, computed on the device; the kernels read it and branch at run time, so a launch
+never waits for the GPU. Otherwise the online running max is used. In the backward, with f = g e^-lse precomputed
+per row and column, dS_ij = e^S_ij (f_row_i + f_col_j): one exp per logit.
 
 fp16 gradients. dS = g x softmax is cast to the operand dtype for the second product; the softmax of a negative at
 N = 65,536 (~1e-10 times g) lies below fp16's range. The backward therefore scales g by a power of two ``alpha``
@@ -115,23 +120,41 @@ def backward_scalars(saved, g_bound):
     return torch.stack([saved[0], saved[1], saved[2] / alpha, saved[3] / alpha]), alpha
 
 
+def rows_with_columns(lse, g):
+    """(lse, g) with a row that has no columns (lse = -inf: self_lse of one row) set to lse 0 and gradient 0: it has
+    no logits and gets no gradient, and the kernels need no mask for it."""
+    finite = torch.isfinite(lse)
+    return torch.where(finite, lse, 0.0), torch.where(finite, g, 0.0)
+
+
 def scale_grad(scale, partials):
-    """d loss / d scale from the per-program sums of <row, unscaled gradient>: each (row, column) product is counted
-    from both of its sides, hence the half."""
+    """d loss / d scale = sum_ij dS_ij <z_i, z_j>, from the programs' shares (summed in a fixed order)."""
     if not (isinstance(scale, torch.Tensor) and scale.requires_grad):
         return None
-    return (partials.sum(dtype=torch.float64) / 2).to(scale.dtype).reshape(scale.shape)
+    return partials.sum(dtype=torch.float64).to(scale.dtype).reshape(scale.shape)
 
 
 def padded_width(x):
     return max(16, triton.next_power_of_2(x.shape[-1]))
 
 
-def output_chunk(bd, split):
-    """Features of the backward's row gradient per program on a GPU: the fp32 accumulator of BM rows x all features
-    must stay in registers across the sweep, which holds up to 256 features (64 with three products per tile);
-    wider inputs split the features over programs, each recomputing the logits."""
-    return min(bd, 64 if split == 3 else 256)
+def output_chunk(bd, split, atomic=True):
+    """Features of the backward's row gradient per program on a GPU: the fp32 accumulator of BM rows x those
+    features stays in registers across the sweep, beside (``atomic``) the column side's BN x features per tile; 128
+    features fit with both, 256 with the rows alone (64 with three products per tile). Wider inputs split the
+    features over programs, each recomputing the logits."""
+    return min(bd, 64 if split == 3 else 128 if atomic else 256)
+
+
+def atomic_backward(bd, split, deterministic):
+    """Whether the backward takes the single-pass design with fp32 atomics (each logit computed once, 6 N^2 d per
+    view pair) rather than the atomic-free one (each logit from both of its sides, 8 N^2 d). Up to 128 features the
+    single pass wins; wider, its column side needs the features split over programs, which recompute the logits
+    (8 N^2 d at 256 features, 12 at 512, as the atomic-free design) and add 4 d / BM bytes of atomics per logit,
+    so the atomic-free design is the faster there (the compile report's estimates). fp32 under "highest" (three
+    products per tile) takes the atomic-free design too: its column side would need 32-column tiles to fit in
+    registers, too few rows for a wgmma."""
+    return not deterministic and bd <= 128 and split == 1
 
 
 def contraction_chunk(bd, split):
@@ -140,7 +163,18 @@ def contraction_chunk(bd, split):
     return min(bd, 64) if split == 3 else bd
 
 
-def launch_options(x, tiles, split, backward=False):
+def launch_rows(kernel, n, bm, grid, *args, **options):
+    """Launches ``kernel`` over the full row blocks (ROW_EDGE off: no row masks at all) and, when n is not a
+    multiple of bm, once more over the last, partial block (ROW_EDGE on). ``grid`` holds the other grid axes; the
+    kernel's first argument after ``block0`` is the first row block of the launch."""
+    full = n // bm
+    if full:
+        kernel[(full, *grid)](0, *args, ROW_EDGE=False, **options)
+    if n % bm:
+        kernel[(1, *grid)](full, *args, ROW_EDGE=True, **options)
+
+
+def launch_options(x, tiles, split, backward=False, atomic=True):
     """Constexprs and launch options of a kernel: the padded feature width of x, the tiles, the products per tile,
     the contraction chunk and, in the backward, the features per program. The interpreter has no registers to
     save and pays per loop iteration: it takes whole widths unless the tiles say otherwise."""
@@ -150,7 +184,7 @@ def launch_options(x, tiles, split, backward=False):
                num_stages=tiles.stages)
     if not backward:
         return out
-    bo = tiles.BO or (bd if INTERPRET else output_chunk(bd, split))
+    bo = tiles.BO or (bd if INTERPRET else output_chunk(bd, split, atomic))
     return dict(out, BO=min(bo, bd))
 
 
@@ -214,86 +248,190 @@ def logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride
 
 
 @triton.jit
-def tile_product(acc, ds, zc, zc_lo, SPLIT: tl.constexpr):
-    """acc + ds @ zc, ds cast to zc's type (split into two pieces like the inputs when SPLIT = 3)."""
-    hi = ds.to(zc.dtype)
+def pieces(ds, dtype, SPLIT: tl.constexpr):
+    """ds cast to the operand type: (hi, lo), lo = the rest in a second piece when SPLIT = 3 (else hi again)."""
+    hi = ds.to(dtype)
     if SPLIT == 3:
-        acc = tl.dot(hi, zc_lo, acc)
-        acc = tl.dot((ds - hi.to(tl.float32)).to(zc.dtype), zc, acc)
-    return tl.dot(hi, zc, acc)
+        lo = (ds - hi.to(tl.float32)).to(dtype)
+    else:
+        lo = hi
+    return hi, lo
 
 
 @triton.jit
-def row_lse(zr, zr_lo, rows, r_base, rl_base, c_base, cl_base, n, d, stride_n, scale2, bounded,
-            EXCLUDE_SELF: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
-    """Natural-log LSE over all n columns of scale * zr @ c^T, for the row tile zr (rows' own column excluded when
-    EXCLUDE_SELF); -inf for a row without columns. ``bounded``: every |logit| is within BOUND2_LIMIT (base 2), so
-    the sum needs no max. One loop for both cases, branching inside on a value uniform over the program, so that
-    the pipelined loads are shared."""
-    total = tl.zeros([rows.shape[0]], tl.float32)
-    run_max = tl.zeros([rows.shape[0]], tl.float32) + tl.where(bounded, 0.0, float("-inf"))
-    for start in range(0, n, BN):
+def tile_product(acc, a, a_lo, zc, zc_lo, SPLIT: tl.constexpr):
+    """acc + a @ zc on the operand pieces (three products, small terms first, when SPLIT = 3)."""
+    if SPLIT == 3:
+        acc = tl.dot(a, zc_lo, acc)
+        acc = tl.dot(a_lo, zc, acc)
+    return tl.dot(a, zc, acc)
+
+
+@triton.jit
+def load_vector(base, idx, n):
+    return tl.load(base + idx, mask=idx < n, other=0.0)
+
+
+@triton.jit
+def tile_logits2(dot, scale2, cols, n):
+    """The logits of a tile in base 2, -inf in padding columns: one FFMA per logit, and padding columns need no
+    other mask (their exp is 0)."""
+    return dot * scale2 + tl.where(cols < n, 0.0, float("-inf"))[None, :]
+
+
+@triton.jit
+def row_mask(x, rows, cols, n, value, ROW_EDGE: tl.constexpr, DIAGONAL: tl.constexpr):
+    """x with ``value`` in padding rows (only the last row block has them: ROW_EDGE) and on the diagonal (a
+    self-similarity tile that holds it: DIAGONAL); x itself elsewhere, at no cost."""
+    if ROW_EDGE:
+        x = tl.where((rows < n)[:, None], x, value)
+    if DIAGONAL:
+        x = tl.where(rows[:, None] != cols[None, :], x, value)
+    return x
+
+
+@triton.jit
+def tile_ds(s, rows, cols, n, fr, fc, lse_r, lse_c, g_r, g_c, bounded, ROW_EDGE: tl.constexpr,
+            DIAGONAL: tl.constexpr):
+    """The logit gradients of a tile (times alpha), dS_ij = g_row_i softmax_row_ij + g_col_j softmax_col_ij, from
+    the logits s (base 2, -inf in padding columns): bounded logits use the factors f = g e^-lse of rows (fr) and
+    columns (fc), one exp per logit; otherwise the LSEs and gradients at lse_r, lse_c, g_r, g_c, two. Zero in
+    padding rows and, with DIAGONAL, on the diagonal."""
+    if bounded:
+        ds = tl.exp2(s) * (fr[:, None] + fc[None, :])
+    else:
+        lr = load_vector(lse_r, rows, n) * LOG2E
+        lc = load_vector(lse_c, cols, n) * LOG2E
+        gr = load_vector(g_r, rows, n)
+        gc = load_vector(g_c, cols, n)
+        ds = gr[:, None] * tl.exp2(s - lr[:, None]) + gc[None, :] * tl.exp2(s - lc[None, :])
+    return row_mask(ds, rows, cols, n, 0.0, ROW_EDGE, DIAGONAL)
+
+
+@triton.jit
+def row_lse(total, run_max, zr, zr_lo, rows, r_base, rl_base, c_base, cl_base, col_sums, n, d, stride_n, scale2,
+            bounded, first, stop, ATOMIC: tl.constexpr, ROW_EDGE: tl.constexpr, DIAGONAL: tl.constexpr,
+            BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
+    """The running (total, run_max) of the rows over the column tiles from ``first`` to ``stop`` of S = scale *
+    z_rows @ c^T: their LSE is ``lse_of(total, run_max)``. ``bounded``: every |logit| is within BOUND2_LIMIT (base
+    2), so the sums of e^S need no max (run_max stays 0), and with ATOMIC each tile's column sums are added to
+    ``col_sums``: each logit is then computed once for its row and its column. One loop for both cases, branching
+    inside on a value uniform over the program, so that the pipelined loads are shared. DIAGONAL leaves out
+    each row's own column."""
+    for start in range(first, stop, BN):
         cols = start + tl.arange(0, BN)
-        s = logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride_n, BD, BK, SPLIT)[0] * scale2
-        valid = cols[None, :] < n
-        if EXCLUDE_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
+        dot = logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride_n, BD, BK, SPLIT)[0]
+        s = row_mask(tile_logits2(dot, scale2, cols, n), rows, cols, n, float("-inf"), ROW_EDGE, DIAGONAL)
         if bounded:
-            total += tl.sum(tl.where(valid, tl.exp2(s), 0.0), axis=1)
+            e = tl.exp2(s)
+            total += tl.sum(e, axis=1)
+            if ATOMIC:
+                tl.atomic_add(col_sums + cols, tl.sum(e, axis=0), mask=cols < n, sem="relaxed")
         else:
-            s = tl.where(valid, s, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(s, axis=1))
             safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
             total = total * tl.exp2(run_max - safe_max) + tl.sum(tl.exp2(s - safe_max[:, None]), axis=1)
             run_max = new_max
+    return total, run_max
+
+
+@triton.jit
+def lse_start(rows, bounded):
+    """(total, run_max) before any column: run_max is 0 for bounded logits (no max is kept), -inf otherwise."""
+    return tl.zeros([rows.shape[0]], tl.float32), tl.zeros([rows.shape[0]], tl.float32) + tl.where(bounded, 0.0,
+                                                                                                     float("-inf"))
+
+
+@triton.jit
+def lse_of(total, run_max):
+    """Natural-log LSE from a sum of exp2(s - run_max); -inf for a row without columns."""
     return (tl.log2(total) + run_max) * LN2
 
 
 @triton.jit
-def row_grad(acc, dscale, zr, zr_lo, rows, r_base, rl_base, c_base, cl_base, lr_base, lc_base, gr_base, gc_base, n,
-             d, stride_n, scale2, bounded, out_off, EXCLUDE_SELF: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-             BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr):
-    """(acc + sum_j dS_ij c_j[out_off : out_off + BO], dscale + sum_ij dS_ij <zr_i, c_j>) for the row tile zr, with
-    dS_ij = gr_i
-    softmax_row_ij + gc_j softmax_col_ij rebuilt from the saved row LSEs lr and column LSEs lc (natural log); g comes
-    scaled by alpha. Unscaled by the logit scale: the caller multiplies. The caller's accumulator is carried through
-    so that summing over view pairs needs no second (BM, BD) one in registers. Bounded logits: dS_ij = e^S_ij (gr_i
-    e^-lr_i + gc_j e^-lc_j), one exp per logit."""
-    in_rows = rows < n
-    lr = tl.load(lr_base + rows, mask=in_rows, other=0.0) * LOG2E
-    gr = tl.load(gr_base + rows, mask=in_rows, other=0.0)
-    row_factor = gr * tl.exp2(-lr)
-    for start in range(0, n, BN):
+def sweep_grad(acc, share, zr, zr_lo, zro, zro_lo, rows, r_base, rl_base, c_base, cl_base, dc_base, lse_r, lse_c,
+               g_r, g_c, f_r, f_c, n, d, stride_n, scale2, bounded, out_off, first, stop, COLUMNS: tl.constexpr,
+               ROW_EDGE: tl.constexpr, DIAGONAL: tl.constexpr, DSCALE: tl.constexpr, BN: tl.constexpr,
+               BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr):
+    """One pass over the column tiles from ``first`` to ``stop``, each logit tile computed once: returns (acc + sum_j
+    dS_ij c_j, the row side for features out_off to out_off + BO; with DSCALE, share + sum_ij dS_ij <z_i, c_j>, the
+    tiles' part of d loss / d scale, in fp32 from the fp32 dS), and with COLUMNS adds the column side sum_i dS_ij z_i
+    to the fp32 buffer at ``dc_base`` with atomics. A self-similarity sweep runs its own block's tiles (DIAGONAL)
+    without the column side: the block's rows take both orders of each of its pairs there, so they count half in
+    the share. dS from the saved LSEs (natural log), the alpha-scaled gradients g and the factors f = g e^-lse of rows
+    (_r) and columns (_c). Unscaled by the logit scale: the caller multiplies."""
+    fr = load_vector(f_r, rows, n)
+    feats = tl.arange(0, BO)
+    for start in range(first, stop, BN):
         cols = start + tl.arange(0, BN)
-        in_cols = cols < n
         dot, zc, zc_lo = logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride_n, BD, BK, SPLIT)
         if BO == BD and BK == BD:
             zo, zo_lo = zc, zc_lo
         else:  # the output's share of the features
             zo, zo_lo = load_pieces(c_base + out_off, cl_base + out_off, cols, n, d - out_off, stride_n, BO, SPLIT)
-        s = dot * scale2
-        lc = tl.load(lc_base + cols, mask=in_cols, other=0.0) * LOG2E
-        gc = tl.load(gc_base + cols, mask=in_cols, other=0.0)
-        if bounded:
-            ds = tl.exp2(s) * (row_factor[:, None] + (gc * tl.exp2(-lc))[None, :])
-        else:
-            ds = gr[:, None] * tl.exp2(s - lr[:, None]) + gc[None, :] * tl.exp2(s - lc[None, :])
-        valid = in_rows[:, None] & in_cols[None, :]  # padding rows too: their factors are not bounded
-        if EXCLUDE_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
-        ds = tl.where(valid, ds, 0.0)
-        dscale += tl.sum(tl.sum(ds * dot, axis=1), axis=0)
-        acc = tile_product(acc, ds, zo, zo_lo, SPLIT)
-    return acc, dscale
+        ds = tile_ds(tile_logits2(dot, scale2, cols, n), rows, cols, n, fr, load_vector(f_c, cols, n), lse_r, lse_c,
+                     g_r, g_c, bounded, ROW_EDGE, DIAGONAL)
+        ds_hi, ds_lo = pieces(ds, zo.dtype, SPLIT)
+        acc = tile_product(acc, ds_hi, ds_lo, zo, zo_lo, SPLIT)
+        if DSCALE:
+            share += tl.sum(tl.sum(ds * dot, axis=1), axis=0) * (0.5 if DIAGONAL else 1.0)
+        if COLUMNS:  # the pieces transposed, not the fp32 tile: the products stay wgmma on sm_90
+            dzc = tile_product(tl.zeros([BN, BO], tl.float32), tl.trans(ds_hi), tl.trans(ds_lo), zro, zro_lo, SPLIT)
+            ptrs = dc_base + cols.to(tl.int64)[:, None] * stride_n + feats[None, :]
+            tl.atomic_add(ptrs, dzc, mask=(cols[:, None] < n) & (feats[None, :] < d - out_off), sem="relaxed")
+    return acc, share
 
 
 @triton.jit
-def store_grad(dx_base, dscale_ptr, acc, dscale, rows, n, d, stride_n, out_scale, part_scale, first_chunk,
-               BO: tl.constexpr):
-    """Writes out_scale * acc as the rows' gradient (BO features from dx_base) and, from the first feature chunk,
-    part_scale * dscale as this program's share of d loss / d scale (the factors of ``backward_scalars``)."""
+def row_grad(acc, share, zr, zr_lo, rows, r_base, rl_base, c_base, cl_base, lse_r, lse_c, g_r, g_c, f_r, f_c, n, d,
+             stride_n, scale2, bounded, out_off, ROW_EDGE: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
+             DSCALE: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr,
+             SPLIT: tl.constexpr):
+    """The atomic-free backward's sweep: (acc + sum_j dS_ij c_j[out_off : out_off + BO], share + sum_ij dS_ij
+    <zr_i, c_j> with DSCALE) over all columns, the program owning its rows' gradient (no atomics); each logit is
+    computed again by the program that owns its column. dS as in ``sweep_grad``; with EXCLUDE_SELF every tile is
+    checked for the diagonal. The caller's accumulators are carried through so that summing over view pairs needs no
+    second (BM, BO) one in registers."""
+    fr = load_vector(f_r, rows, n)
+    for start in range(0, n, BN):
+        cols = start + tl.arange(0, BN)
+        dot, zc, zc_lo = logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride_n, BD, BK, SPLIT)
+        if BO == BD and BK == BD:
+            zo, zo_lo = zc, zc_lo
+        else:  # the output's share of the features
+            zo, zo_lo = load_pieces(c_base + out_off, cl_base + out_off, cols, n, d - out_off, stride_n, BO, SPLIT)
+        ds = tile_ds(tile_logits2(dot, scale2, cols, n), rows, cols, n, fr, load_vector(f_c, cols, n), lse_r, lse_c,
+                     g_r, g_c, bounded, ROW_EDGE, EXCLUDE_SELF)
+        ds_hi, ds_lo = pieces(ds, zo.dtype, SPLIT)
+        acc = tile_product(acc, ds_hi, ds_lo, zo, zo_lo, SPLIT)
+        if DSCALE:
+            share += tl.sum(tl.sum(ds * dot, axis=1), axis=0)
+    return acc, share
+
+
+@triton.jit
+def out_tiles(zr, zr_lo, r_base, rl_base, rows, n, d, stride_n, out_off, BD: tl.constexpr, BK: tl.constexpr,
+              BO: tl.constexpr, SPLIT: tl.constexpr):
+    """The rows' features out_off to out_off + BO, the operand of the column side: the row tiles themselves when
+    they are whole."""
+    if BO == BD and BK == BD:
+        zo, zo_lo = zr, zr_lo
+    else:
+        zo, zo_lo = load_pieces(r_base + out_off, rl_base + out_off, rows, n, d - out_off, stride_n, BO, SPLIT)
+    return zo, zo_lo
+
+
+@triton.jit
+def add_rows(dx_base, acc, rows, n, d, stride_n, BO: tl.constexpr):
+    """Adds a program's row side of the gradient to the fp32 buffer (other programs add their column sides)."""
     feats = tl.arange(0, BO)
     ptrs = dx_base + rows.to(tl.int64)[:, None] * stride_n + feats[None, :]
-    mask = (rows[:, None] < n) & (feats[None, :] < d)
-    tl.store(ptrs, (acc * out_scale).to(dx_base.dtype.element_ty), mask=mask)
-    tl.store(dscale_ptr, dscale * part_scale, mask=first_chunk)
+    tl.atomic_add(ptrs, acc, mask=(rows[:, None] < n) & (feats[None, :] < d), sem="relaxed")
+
+
+@triton.jit
+def store_grad(dx_base, acc, rows, n, d, stride_n, out_scale, BO: tl.constexpr):
+    """Writes out_scale * acc as the rows' gradient (BO features from dx_base)."""
+    feats = tl.arange(0, BO)
+    ptrs = dx_base + rows.to(tl.int64)[:, None] * stride_n + feats[None, :]
+    tl.store(ptrs, (acc * out_scale).to(dx_base.dtype.element_ty), mask=(rows[:, None] < n) & (feats[None, :] < d))

@@ -3,11 +3,18 @@
 For every view pair p = (a, b), a < b, in the order (0, 1), (0, 2), ..., (V-2, V-1), with S = scale * z[:, a] @
 z[:, b].T: ``row[p, i] = logsumexp_j S_ij`` and ``col[p, j] = logsumexp_i S_ij``.
 
-Forward: one program per (row block, view v) sweeps every other view c: direction (a, b) yields row[p], direction
-(b, a) yields col[p] as the row LSEs of S^T. 4 N^2 d FLOPs and 2 N^2 exps per pair. Backward: one program per
-(row block, view v) sums over every other view c the gradient sum_j dS_ij z_c[j], rebuilt from the saved LSEs, and
-owns its output rows: no atomics, so it is deterministic. 8 N^2 d FLOPs and 2 N^2 exps per pair (4 N^2 under the
-running max). Memory beyond inputs and gradients: the (2P, N) LSEs and one float per program.
+Each logit is computed once per pass. Forward: one program per (row block of a, pair p) sweeps the column tiles of b;
+with bounded logits each tile's exps give the row sums (kept on chip) and the column sums (added to a (P, N) buffer
+with fp32 atomics): 2 N^2 d FLOPs and N^2 exps per pair. Unbounded logits need a running max per row and per column,
+so a second launch takes the columns as the rows of S^T (it returns at once when the first made them). Backward:
+the same grid; each dS tile gives the rows' gradient (kept on chip, added once at the end) and the columns' (added
+per tile with atomics to an fp32 (N, V, d) buffer): 6 N^2 d FLOPs and N^2 exps per pair (2 N^2 for unbounded logits).
+
+``deterministic=True`` runs the atomic-free design instead, bitwise repeatable: the forward's second launch always
+makes the columns (4 N^2 d, 2 N^2 exps), and the backward's programs own their output rows, one per (row block,
+view v) sweeping every other view, so that each logit is computed from both of its sides (8 N^2 d, 2 N^2 exps).
+Inputs wider than 128 features, and fp32 under the "highest" matmul precision, take that backward by default too
+(``_lse.atomic_backward``).
 """
 
 import torch
@@ -15,23 +22,69 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._lse import (BOUND2_LIMIT, backward_scalars, check_inputs, launch_options, operands, row_grad, row_lse,
-                   row_tiles, scalars, scale_grad, store_grad)
+from ._lse import (BOUND2_LIMIT, add_rows, atomic_backward, backward_scalars, check_inputs, launch_options, launch_rows,
+                   lse_of, lse_start, operands, out_tiles, padded_width, row_grad, row_lse, row_tiles,
+                   rows_with_columns, scalars, scale_grad, store_grad, sweep_grad)
 
 
 @triton.jit
-def _cross_lse_fwd(x, xl, lse, sc, n, d, stride_n, stride_v, V, P, BM: tl.constexpr, BN: tl.constexpr,
-                   BD: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
-    scale2 = tl.load(sc)
+def _cross_fwd(block0, x, xl, lse, col_sums, sc, pairs, n, d, stride_n, stride_v, P, BM: tl.constexpr,
+               BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, ATOMIC: tl.constexpr,
+               COLUMNS: tl.constexpr, ROW_EDGE: tl.constexpr):
+    """Program (row block, pair p = (a, b)). COLUMNS false: rows of a against b, the row LSEs lse[p] (and with
+    ATOMIC and bounded logits the column sums of exp into col_sums[p]); COLUMNS true: rows of b against a, the
+    column LSEs lse[P + p] as row LSEs of S^T, unless the first launch made them."""
+    p = tl.program_id(1)
     bounded = tl.load(sc + 1) <= BOUND2_LIMIT
-    v = tl.program_id(1)
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    zr, zr_lo = row_tiles(x + v * stride_v, xl + v * stride_v, rows, n, d, stride_n, BD, BK, SPLIT)
-    for k in range(V - 1):
-        c = k + (k >= v).to(tl.int32)
-        out = row_lse(zr, zr_lo, rows, x + v * stride_v, xl + v * stride_v, x + c * stride_v, xl + c * stride_v, n, d,
-                      stride_n, scale2, bounded, False, BN, BD, BK, SPLIT)
-        tl.store(lse + _directed_pair(v, c, V, P).to(tl.int64) * n + rows, out, mask=rows < n)
+    if COLUMNS:
+        a = tl.load(pairs + P + p)
+        b = tl.load(pairs + p)
+        slot = p + P
+        if ATOMIC:
+            todo = tl.load(sc + 1) > BOUND2_LIMIT
+        else:
+            todo = True
+    else:
+        a = tl.load(pairs + p)
+        b = tl.load(pairs + P + p)
+        slot = p
+        todo = True
+    if todo:
+        rows = (block0 + tl.program_id(0)) * BM + tl.arange(0, BM)
+        zr, zr_lo = row_tiles(x + a * stride_v, xl + a * stride_v, rows, n, d, stride_n, BD, BK, SPLIT)
+        total, run_max = lse_start(rows, bounded)
+        total, run_max = row_lse(total, run_max, zr, zr_lo, rows, x + a * stride_v, xl + a * stride_v,
+                                 x + b * stride_v, xl + b * stride_v, col_sums + p.to(tl.int64) * n, n, d, stride_n,
+                                 tl.load(sc), bounded, 0, n, ATOMIC and not COLUMNS, ROW_EDGE, False, BN, BD, BK,
+                                 SPLIT)
+        tl.store(lse + slot.to(tl.int64) * n + rows, lse_of(total, run_max), mask=rows < n)
+
+
+@triton.jit
+def _cross_bwd(block0, x, xl, lse, g, f, dzf, dscale, sc, pairs, n, d, stride_n, stride_v, P, BM: tl.constexpr,
+               BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr,
+               DSCALE: tl.constexpr, ROW_EDGE: tl.constexpr):
+    """Program (row block, pair p = (a, b), feature chunk): one sweep over the column tiles of b; the rows' gradient
+    and the columns' both go to the fp32 buffer dzf with atomics, and with DSCALE the block's share of d loss /
+    d scale to ``dscale``."""
+    block = block0 + tl.program_id(0)
+    p = tl.program_id(1)
+    out_off = tl.program_id(2) * BO
+    a = tl.load(pairs + p)
+    b = tl.load(pairs + P + p)
+    rows = block * BM + tl.arange(0, BM)
+    ra, rla, cb, clb = x + a * stride_v, xl + a * stride_v, x + b * stride_v, xl + b * stride_v
+    zr, zr_lo = row_tiles(ra, rla, rows, n, d, stride_n, BD, BK, SPLIT)
+    zro, zro_lo = out_tiles(zr, zr_lo, ra, rla, rows, n, d, stride_n, out_off, BD, BK, BO, SPLIT)
+    mine, other = p.to(tl.int64) * n, (p + P).to(tl.int64) * n
+    acc, share = sweep_grad(tl.zeros([BM, BO], tl.float32), tl.zeros([], tl.float32), zr, zr_lo, zro, zro_lo, rows,
+                            ra, rla, cb, clb, dzf + b * stride_v + out_off, lse + mine, lse + other, g + mine,
+                            g + other, f + mine, f + other, n, d, stride_n, tl.load(sc),
+                            tl.load(sc + 1) <= BOUND2_LIMIT, out_off, 0, n, True, ROW_EDGE, False, DSCALE, BN, BD, BK,
+                            BO, SPLIT)
+    add_rows(dzf + a * stride_v + out_off, acc, rows, n, d - out_off, stride_n, BO)
+    if DSCALE:  # every feature chunk computes the same logits: the first one reports them
+        tl.store(dscale + p * tl.cdiv(n, BM) + block, share * tl.load(sc + 3), mask=out_off == 0)
 
 
 @triton.jit
@@ -44,46 +97,63 @@ def _directed_pair(v, c, V, P):
 
 
 @triton.jit
-def _cross_lse_bwd(x, xl, lse, g, dx, dscale, sc, n, d, stride_n, stride_v, V, P, BM: tl.constexpr,
-                   BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr):
-    scale2 = tl.load(sc)
-    bounded = tl.load(sc + 1) <= BOUND2_LIMIT
+def _cross_bwd_owned(block0, x, xl, lse, g, f, dx, dscale, sc, n, d, stride_n, stride_v, V, P, BM: tl.constexpr,
+                     BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr,
+                     DSCALE: tl.constexpr, ROW_EDGE: tl.constexpr):
+    """Program (row block, view v, feature chunk) of the atomic-free backward: sums dS z_c over every other view c
+    and writes its rows' gradient."""
+    block = block0 + tl.program_id(0)
     v = tl.program_id(1)
     out_off = tl.program_id(2) * BO
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    zr, zr_lo = row_tiles(x + v * stride_v, xl + v * stride_v, rows, n, d, stride_n, BD, BK, SPLIT)
+    rows = block * BM + tl.arange(0, BM)
+    rv, rlv = x + v * stride_v, xl + v * stride_v
+    zr, zr_lo = row_tiles(rv, rlv, rows, n, d, stride_n, BD, BK, SPLIT)
     acc = tl.zeros([BM, BO], tl.float32)
-    partial = tl.zeros([], tl.float32)
+    share = tl.zeros([], tl.float32)
     for k in range(V - 1):
         c = k + (k >= v).to(tl.int32)
         mine = _directed_pair(v, c, V, P).to(tl.int64) * n
         other = _directed_pair(c, v, V, P).to(tl.int64) * n
-        acc, partial = row_grad(acc, partial, zr, zr_lo, rows, x + v * stride_v, xl + v * stride_v, x + c * stride_v,
-                                xl + c * stride_v, lse + mine, lse + other, g + mine, g + other, n, d, stride_n,
-                                scale2, bounded, out_off, False, BN, BD, BK, BO, SPLIT)
-    store_grad(dx + v * stride_v + out_off, dscale + v * tl.num_programs(0) + tl.program_id(0), acc, partial, rows, n,
-               d - out_off, stride_n, tl.load(sc + 2), tl.load(sc + 3), out_off == 0, BO)
+        acc, share = row_grad(acc, share, zr, zr_lo, rows, rv, rlv, x + c * stride_v, xl + c * stride_v, lse + mine,
+                              lse + other, g + mine, g + other, f + mine, f + other, n, d, stride_n, tl.load(sc),
+                              tl.load(sc + 1) <= BOUND2_LIMIT, out_off, ROW_EDGE, False, DSCALE, BN, BD, BK, BO,
+                              SPLIT)
+    store_grad(dx + v * stride_v + out_off, acc, rows, n, d - out_off, stride_n, tl.load(sc + 2), BO)
+    if DSCALE:  # each logit counted from both of its sides: half; the first feature chunk reports it
+        tl.store(dscale + v * tl.cdiv(n, BM) + block, share * 0.5 * tl.load(sc + 3), mask=out_off == 0)
+
+
+def _pairs(num_views, device):
+    """(2P,) int32: the first views of the pairs (0, 1), (0, 2), ..., then their second views."""
+    a, b = torch.triu_indices(num_views, num_views, 1, device=device)
+    return torch.cat([a, b]).to(torch.int32)
 
 
 class CrossLSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, scale):
+    def forward(ctx, z, scale, deterministic):
         z = z.contiguous()
         n, num_views, d = z.shape
         num_pairs = num_views * (num_views - 1) // 2
         hi, lo, sigma, split = operands(z)
         sc = scalars(z, scale, sigma)
+        pairs = _pairs(num_views, z.device)
         lse = torch.empty(2 * num_pairs, n, dtype=torch.float32, device=z.device)
+        col_sums = torch.zeros(num_pairs if not deterministic else 0, n, dtype=torch.float32, device=z.device)
         tiles = _tiles.choose("fwd", z)
-        _cross_lse_fwd[(triton.cdiv(n, tiles.BM), num_views)](hi, lo, lse, sc, n, d, z.stride(0), z.stride(1),
-                                                              num_views, num_pairs, **launch_options(z, tiles, split))
-        ctx.save_for_backward(hi, lo, lse, sc)
-        ctx.scale, ctx.split, ctx.dtype = scale, split, z.dtype
+        for columns in (False, True):
+            launch_rows(_cross_fwd, n, tiles.BM, (num_pairs,), hi, lo, lse, col_sums, sc, pairs, n, d, z.stride(0),
+                        z.stride(1), num_pairs, ATOMIC=not deterministic, COLUMNS=columns,
+                        **launch_options(z, tiles, split))
+        if not deterministic:  # bounded logits: the columns' LSEs are the logs of the sums
+            lse[num_pairs:] = torch.where(sc[1] <= BOUND2_LIMIT.value, col_sums.log(), lse[num_pairs:])
+        ctx.save_for_backward(hi, lo, lse, sc, pairs)
+        ctx.scale, ctx.split, ctx.dtype, ctx.deterministic = scale, split, z.dtype, deterministic
         return lse[:num_pairs].clone(), lse[num_pairs:].clone()
 
     @staticmethod
     def backward(ctx, grad_row, grad_col):
-        hi, lo, lse, sc = ctx.saved_tensors
+        hi, lo, lse, sc, pairs = ctx.saved_tensors
         n, num_views, d = hi.shape
         num_pairs = num_views * (num_views - 1) // 2
         g = torch.zeros_like(lse)
@@ -93,15 +163,26 @@ class CrossLSE(torch.autograd.Function):
             g[num_pairs:] = grad_col
         # |dS_ij| <= |g_row_i| + |g_col_j|.
         sc, alpha = backward_scalars(sc, g[:num_pairs].abs().amax() + g[num_pairs:].abs().amax())
-        g *= alpha
-        dz = torch.empty(hi.shape, dtype=ctx.dtype, device=hi.device)
-        tiles = _tiles.choose("bwd", dz)
-        options = launch_options(hi, tiles, ctx.split, backward=True)
-        grid = (triton.cdiv(n, tiles.BM), num_views, options["BD"] // options["BO"])
-        dscale = torch.zeros(grid[0] * num_views, dtype=torch.float32, device=hi.device)  # one float per row block
-        _cross_lse_bwd[grid](hi, lo, lse, g, dz, dscale, sc, n, d, hi.stride(0), hi.stride(1), num_views, num_pairs,
-                             **options)
-        return dz, scale_grad(ctx.scale, dscale)
+        lse, g = rows_with_columns(lse, g * alpha)
+        f = g * torch.exp(-lse)  # the factors of bounded logits, dS_ij = e^S_ij (f_row_i + f_col_j)
+        tiles = _tiles.choose("bwd", hi)
+        atomic = atomic_backward(padded_width(hi), ctx.split, ctx.deterministic)
+        options = launch_options(hi, tiles, ctx.split, backward=True, atomic=atomic)
+        options["DSCALE"] = isinstance(ctx.scale, torch.Tensor) and ctx.scale.requires_grad
+        chunks = options["BD"] // options["BO"]
+        blocks = triton.cdiv(n, tiles.BM)
+        if not atomic:
+            dz = torch.empty(hi.shape, dtype=ctx.dtype, device=hi.device)
+            dscale = torch.zeros(blocks * num_views, dtype=torch.float32, device=hi.device)
+            launch_rows(_cross_bwd_owned, n, tiles.BM, (num_views, chunks), hi, lo, lse, g, f, dz, dscale, sc, n, d,
+                        hi.stride(0), hi.stride(1), num_views, num_pairs, **options)
+        else:
+            dzf = torch.zeros(hi.shape, dtype=torch.float32, device=hi.device)
+            dscale = torch.zeros(blocks * num_pairs, dtype=torch.float32, device=hi.device)
+            launch_rows(_cross_bwd, n, tiles.BM, (num_pairs, chunks), hi, lo, lse, g, f, dzf, dscale, sc, pairs, n, d,
+                        hi.stride(0), hi.stride(1), num_pairs, **options)
+            dz = (dzf * sc[2]).to(ctx.dtype)
+        return dz, scale_grad(ctx.scale, dscale), None
 
 
 def cross_lse(z, scale, *, deterministic=False):
@@ -112,8 +193,7 @@ def cross_lse(z, scale, *, deterministic=False):
             normalizes); CUDA, or CPU under TRITON_INTERPRET=1.
         scale: the logit multiplier (1 / temperature, or CLIP's logit_scale): a float, or a 0-dim tensor that gets
             its gradient when it requires one.
-        deterministic: accepted for the shared primitive signature; the Triton backward has no atomics, so it is
-            always bitwise repeatable.
+        deterministic: the atomic-free design, bitwise repeatable, at 4/3 of the default's work (see the module).
 
     Returns:
         (row, col), two float32 tensors of shape (V (V - 1) / 2, N), differentiable w.r.t. z and scale.
@@ -121,4 +201,4 @@ def cross_lse(z, scale, *, deterministic=False):
     check_inputs("z", z, 3)
     if z.shape[1] < 2:
         raise ValueError(f"z must have at least 2 views (shape (N, V, d)), got V = {z.shape[1]}")
-    return CrossLSE.apply(z, scale)
+    return CrossLSE.apply(z, scale, bool(deterministic))

@@ -11,6 +11,8 @@ if not torch.cuda.is_available():
 
 # Operand dtype of every tl.dot the interpreter ran, e.g. {"fp16": 12}: shows which code path of a kernel ran.
 DOT_OPERANDS = collections.Counter()
+# The kernels' work as the interpreter runs it: FLOPs of every tl.dot (2 m n k) and elements of every exp/exp2.
+WORK = collections.Counter()
 
 
 def _as_float32(handle):
@@ -27,15 +29,25 @@ def _as_float32(handle):
 def _patch_interpreter_dot():
     """The interpreter's tl.dot multiplies bf16 tiles as their uint16 bit patterns. Patch it to compute as tensor
     cores do, 16-bit operands exactly with fp32 accumulation, so that every dtype runs its real code path under
-    test; the kernels under test keep their operand types."""
+    test; the kernels under test keep their operand types. The patched dot and exps also count the work done."""
     from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
         DOT_OPERANDS[a.dtype.scalar.name] += 1
+        WORK["flops"] += 2 * a.data.shape[-2] * a.data.shape[-1] * b.data.shape[-1]
         out = np.matmul(_as_float32(a), _as_float32(b), dtype=np.float32) + d.data
         return TensorHandle(out.astype(d.data.dtype), d.dtype.scalar)
 
+    def counted(name, fn):
+        def op(self, arg):
+            WORK[name] += arg.data.size
+            return fn(self, arg)
+
+        return op
+
     InterpreterBuilder.create_dot = create_dot
+    InterpreterBuilder.create_exp = counted("exps", InterpreterBuilder.create_exp)
+    InterpreterBuilder.create_exp2 = counted("exps", InterpreterBuilder.create_exp2)
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -47,3 +59,10 @@ def dot_operands():
     """The operand dtype of each tl.dot run under the interpreter during the test."""
     DOT_OPERANDS.clear()
     return DOT_OPERANDS
+
+
+@pytest.fixture
+def kernel_work():
+    """The FLOPs of the tl.dots and the elements of the exps run under the interpreter during the test."""
+    WORK.clear()
+    return WORK

@@ -101,3 +101,24 @@ def test_self_check_passes_under_the_interpreter(capsys):
     assert kernels_check.main(["--tiny"]) == 0
     out = capsys.readouterr().out
     assert "all 16 checks passed" in out and "bfloat16" in out
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_clocs_work_per_view_pair(kernel_work, deterministic):
+    # Counted through the interpreter in the fixed-shift case (normalized, tau = 0.1): N = 256, V = 2, d = 64, bf16
+    # (one product per tile; fp32 under "highest" takes three). The default path computes each logit once per pass;
+    # deterministic=True recomputes them from both sides (the atomic-free design).
+    n, d = 256, 64
+    z = F.normalize(torch.randn(n, 2, d, generator=torch.Generator().manual_seed(12)), dim=-1).to(torch.bfloat16)
+    z.requires_grad_()
+    loss = losses.clocs_loss(z, torch.arange(n) // 2, backend="triton", deterministic=deterministic)
+    forward = dict(kernel_work)
+    kernel_work.clear()
+    loss.backward()
+    backward = dict(kernel_work)
+    unit = n * n * d
+    if deterministic:
+        assert forward["flops"] == 4 * unit and backward["flops"] == 8 * unit
+        return
+    assert forward["flops"] <= 2.1 * unit and backward["flops"] <= 6.1 * unit
+    assert forward["exps"] + backward["exps"] <= 2.1 * n * n

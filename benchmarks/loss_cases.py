@@ -1,0 +1,44 @@
+"""The loss cases the GPU benchmarks time (``bench_kernels.py``, ``gpu_losses.py``): inputs, the call, and the work
+counted two ways (effective: 6 FLOPs per logit and feature; the FLOPs the kernels execute). No pytest here: the
+GPU script runs in a bare environment."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ecgfast import losses
+from ecgfast.kernels import _lse
+
+
+def logits(name, n, v):
+    """The logits of one loss call: P N^2 for the cross-view losses, M^2 for the self-similarity ones."""
+    if name == "clocs":
+        return v * (v - 1) // 2 * n * n
+    if name == "clip":
+        return n * n
+    m = n * v if name == "supcon" else 2 * n
+    return m * m
+
+
+def kernel_flops(name, n, v, d):
+    """The FLOPs the kernels execute for a bf16 call (padded width; bounded logits; the default path)."""
+    bd = max(16, 1 << (d - 1).bit_length())
+    chunks = bd // _lse.output_chunk(bd, 1, atomic=True)
+    per_logit = 2 * bd + chunks * 2 * bd + 4 * bd  # forward; the backward's logits per feature chunk and products
+    share = 0.5 if name in ("supcon", "ntxent") else 1.0  # the self-similarity kernels take each pair once
+    return logits(name, n, v) * per_logit * share
+
+
+def call(name, z, patient_id):
+    if name == "clip":
+        return losses.clip_loss(z[:, 0], z[:, 1], logit_scale=10.0)
+    if name == "ntxent":
+        return losses.ntxent_loss(z[:, :2], temperature=0.1)
+    return getattr(losses, f"{name}_loss")(z, patient_id, temperature=0.1)
+
+
+def inputs(n, v, d, dtype, device):
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = F.normalize(torch.randn(n, v, d, generator=gen, device=device), dim=-1).to(dtype).requires_grad_()
+    return z, torch.arange(n, device=device) // 2
