@@ -37,11 +37,14 @@ class MemmapStore:
         memmap.flush()
         self.raw = np.load(path, mmap_mode="r")
         self.lead_names, self.fs, self.gain_uv = store.lead_names, store.fs, store.gain_uv
-        self.chunk_records = store.chunk_records
+        self.chunk_records, self.n_samples = store.chunk_records, store.n_samples
         self.patient_ids, self.lengths, self.lead_valid = store.patient_ids, store.lengths, store.lead_valid
 
-    def read_block(self, start, stop, raw=True):
-        return np.array(self.raw[start:stop])
+    def read_block(self, start, stop, raw=True, out=None):
+        if out is None:
+            return np.array(self.raw[start:stop])
+        out[...] = self.raw[start:stop]
+        return out
 
 
 def tile(raw, url, shard=SHARD) -> ECGStore:
