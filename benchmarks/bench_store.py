@@ -138,6 +138,7 @@ def test_reads_at_the_codecs_speed(tiled, benchmark):
         "read_block(out=), 2 threads": lambda: [two.read_block(s, s + BATCH, raw=True, out=buffer)
                                                 for s in range(0, N, BATCH)],
         "read(random 256), 2 threads": lambda: [two.read(b, raw=True) for b in batches],
+        "read(random 256, out=), 2 threads": lambda: [two.read(b, raw=True, out=buffer) for b in batches],
     }
     rates = interleaved_rates(cases, N)
     print_table(f"the default codec ({DEFAULT_CODEC}) decoding vs reads, {N} records, load {os.getloadavg()[0]:.1f}",

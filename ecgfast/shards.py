@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 MISSING = 2**64 - 1  # offset and size of an absent inner chunk in a shard index
+_MAX_GAP = 256 * 1024  # bytes between two chunks of a shard that an object store's read fetches in one request
 _SERIALIZERS = {"bytes", "numcodecs.pcodec"}  # array -> bytes codecs decoded here without zarr's pipeline
 _BYTES_CODECS = {"blosc", "zstd", "gzip", "crc32c"}  # bytes -> bytes codecs decoded here
 
@@ -360,11 +361,18 @@ class ShardIO:
 
     def _fetch_remote(self, runs: list[tuple[int, np.ndarray, np.ndarray]]) -> list[list]:
         """The chunks of each run (shard, starts, sizes) of a non-local store, every request of every shard at
-        once: one span per shard where its chunks lie dense (a block), else one request per chunk."""
+        once. Chunks less than ``_MAX_GAP`` bytes apart share one request (a block: one per shard): a request
+        costs an object store far more than that many bytes more."""
         requests, plan = [], []
         for shard, starts, sizes in runs:
-            lo, hi = int(starts.min()), int((starts + sizes).max())
-            spans = [(lo, hi)] if 2 * int(sizes.sum()) >= hi - lo else list(zip(starts.tolist(), (starts + sizes).tolist()))
+            order = np.argsort(starts, kind="stable")
+            stops = starts + sizes
+            spans = []  # (start, stop) of each request, over the chunks in offset order
+            for j in order.tolist():
+                if spans and starts[j] - spans[-1][1] <= _MAX_GAP:
+                    spans[-1][1] = max(spans[-1][1], int(stops[j]))
+                else:
+                    spans.append([int(starts[j]), int(stops[j])])
             plan.append((len(requests), spans))
             requests += [(self.key(shard), self._range(a, b)) for a, b in spans]
         got = self._gather(requests)
@@ -374,11 +382,13 @@ class ShardIO:
             if any(b is None or len(b) != stop - start for b, (start, stop) in zip(bufs, spans)):
                 self.forget(shard)
                 raise self._error(shard, "truncated or removed while being read")
-            if len(spans) == len(starts):
-                out.append(bufs)
-            else:  # one span: the chunks are views into it
-                view, lo = memoryview(bufs[0]), spans[0][0]
-                out.append([view[s - lo : s - lo + n] for s, n in zip(starts.tolist(), sizes.tolist())])
+            span_starts = np.array([a for a, _ in spans], np.int64)
+            which = np.searchsorted(span_starts, starts, side="right") - 1  # the request that holds each chunk
+            chunks = []
+            for w, start, n in zip(which.tolist(), starts.tolist(), sizes.tolist()):
+                a, b = spans[w]  # a request of this chunk alone gives its bytes object itself (pcodec wants one)
+                chunks.append(bufs[w] if (a, b) == (start, start + n) else memoryview(bufs[w])[start - a : start - a + n])
+            out.append(chunks)
         return out
 
     def _read_local(self, shard: int, starts: np.ndarray, sizes: np.ndarray) -> list[bytes]:

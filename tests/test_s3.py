@@ -14,6 +14,7 @@ import pytest
 import torch
 import zarr
 
+from ecgfast import shards
 from ecgfast.augment import Augment
 from ecgfast.ingest import ingest
 from ecgfast.loader import ECGLoader
@@ -81,7 +82,7 @@ def test_plain_zarr_opens_the_s3_store(s3, stores):
     np.testing.assert_array_equal(group["patient_id"][:], local.patient_ids)
 
 
-def test_reads_cost_two_requests_per_shard_first_then_one(s3, stores):
+def test_reads_cost_two_requests_per_shard_first_then_one(s3, stores, monkeypatch):
     url, local = stores
     remote = ECGStore.open(url, storage_options=s3.storage_options)
     expected = local.read_block(0, len(local), raw=True)
@@ -98,11 +99,15 @@ def test_reads_cost_two_requests_per_shard_first_then_one(s3, stores):
     assert all(m == "GET" for _, m, _ in got) and sum(r.startswith("bytes=-") for _, _, r in got) == 2  # index
     np.testing.assert_array_equal(remote.read_block(8, 24, raw=True), expected[8:24])
     assert sorted(k for k, _, _ in shard_requests()) == ["1/0/0", "2/0/0"]  # indexes known: one span each
-    idx = [45, 3, 31, 3, 24]  # shards 5, 0, 3 (its first and last records: a request each), a repeat
+    idx = [45, 3, 31, 3, 24]  # shards 5, 0 and 3 (its first and last records, close: one request), a repeat
     np.testing.assert_array_equal(remote.read(idx, raw=True), expected[idx])
     got = shard_requests()
     assert sorted(k for k, _, r in got if r.startswith("bytes=-")) == ["0/0/0", "3/0/0", "5/0/0"]
-    assert sorted(k for k, _, r in got if not r.startswith("bytes=-")) == ["0/0/0", "3/0/0", "3/0/0", "5/0/0"]
+    assert sorted(k for k, _, r in got if not r.startswith("bytes=-")) == ["0/0/0", "3/0/0", "5/0/0"]
+    monkeypatch.setattr(shards, "_MAX_GAP", 0)  # chunks that do not touch: a request each
+    np.testing.assert_array_equal(remote.read([31, 24], raw=True), expected[[31, 24]])
+    index = remote._reader.index(3)
+    assert sorted(shard_requests()) == sorted(("3/0/0", "GET", f"bytes={a}-{a + n - 1}") for a, n in index[[0, 7]])
 
 
 def test_one_reads_requests_across_shards_go_out_at_once(s3, stores):

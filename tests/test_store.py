@@ -308,7 +308,7 @@ def test_the_default_codec_and_levels(tmp_path):
         ECGStore.create(tmp_path / "f.zarr", LEADS8, 500, T, codec="blosc-lz4", compression_level=10)
 
 
-def test_read_block_decodes_into_the_callers_buffer(filled):
+def test_reads_decode_into_the_callers_buffer(filled):
     path, x = filled
     store = ECGStore.open(path, threads=3)  # parts of 3 threads across shards of 8
     buffer = np.full((20, 12, T), 7, np.int16)
@@ -321,6 +321,8 @@ def test_read_block_decodes_into_the_callers_buffer(filled):
             store.read_block(3, 23, raw=True, out=bad)
     with pytest.raises(ValueError, match="raw=True"):
         store.read_block(3, 23, out=buffer)
+    assert np.shares_memory(store.read([40, 2, 40], raw=True, out=buffer[:3]), buffer)
+    np.testing.assert_array_equal(buffer[:3], np.rint(x[[40, 2, 40]].astype(np.float64) * 500).astype(np.int16))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
