@@ -3,12 +3,13 @@
 A shard object holds ``records_per_shard`` consecutive records, each one inner chunk encoded by the array's Zarr v3
 codecs, then the shard index: (offset, nbytes) uint64 pairs, one per record, and its CRC-32C. This module reads
 and writes those objects itself, because zarr-python's per-chunk machinery costs milliseconds per record
-(zarr-python #3829): reads fetch the byte ranges of the needed inner chunks through the Zarr store (one span per
-shard for a block) and decode them in a thread pool; writes put a whole shard in one object write.
+(zarr-python #3829): a read is split over the decoding threads, each fetching its records' bytes and decoding them
+into the caller's buffer (on an object store, every request of a read goes out at once first); writes put a whole
+shard in one object write.
 
-Any Zarr v3 codec chain serves (:class:`ChunkCodec`): the usual ones (``bytes``, ``blosc``, ``zstd``, ``gzip``,
-``crc32c``) are decoded with numcodecs straight into the caller's buffer, any other registered codec through
-zarr's own codec pipeline. A ``crc32c`` codec is verified on every read.
+Any Zarr v3 codec chain serves (:class:`ChunkCodec`): the store's own (``numcodecs.pcodec`` or ``bytes``, then
+``blosc``, ``zstd``, ``gzip``, ``crc32c``) are decoded by pcodec and numcodecs straight into the caller's buffer,
+any other registered codec through zarr's own codec pipeline. A ``crc32c`` codec is verified on every read.
 
 Reads never invent data: a shard missing within the records asked for, a truncated one, an index that fails its
 checksum, or an inner chunk that fails its CRC-32C or its decoder is a :class:`ShardError` naming the shard's
@@ -230,8 +231,8 @@ class ShardIO:
     Reads go as fast as the codec decodes: the records are split into ``threads`` contiguous parts, each fetched
     and decoded by one thread straight into the caller's array. On a local store each thread reads its records'
     bytes itself (``pread``); on any other store (fsspec: ``s3://``, ``memory://``...) every request of a read goes
-    out at once, across all its shards (one request per shard for a block, one per record otherwise, plus the index
-    of a shard not read before), and the threads then decode.
+    out at once, across all its shards (the index of a shard not read before, one suffix request; then one request
+    per run of chunks less than 256 KiB apart: one per shard for a block), and the threads then decode.
 
     Args:
         array: the zarr array (``signals``).

@@ -1,8 +1,8 @@
 """ECGStore: a Zarr v3 group of int16 ECGs with their patient ids, labels and ingest report.
 
 The schema (documented in the README) is a plain Zarr v3 group that ``zarr.open_group`` reads without ecgfast:
-``signals`` int16 (N, L, T) sharded along records, one inner chunk per record (by default pcodec, then a CRC-32C;
-:data:`CODECS` lists the choices); beside it one 1-D array per record field, ``labels/<name>``, the ``ingest_report`` group, and while a
+``signals`` int16 (N, L, T) sharded along records, one inner chunk per record (by default Blosc lz4hc, then a
+CRC-32C; :data:`CODECS` lists the choices); beside it one 1-D array per record field, ``labels/<name>``, the ``ingest_report`` group, and while a
 writer's run is unfinished, its ``<name>_state`` group.
 
 One job: the schema and its API. The shards' bytes are :mod:`ecgfast.shards`' job (when the layout is one it
@@ -46,12 +46,12 @@ REPORT_FIELDS = ("record_id", "level", "reason")
 # record's compressed bytes then carry a CRC-32C, whatever the codec. The default and the trade-offs: the README's
 # codec table (benchmarks/bench_store.py measures it).
 CODECS: dict[str, tuple[int, int, str]] = {
-    "pcodec": (8, 12, "pcodec (numcodecs.pcodec: zarr-python with numcodecs and pcodec, zarrs)"),
-    "blosc-zstd": (3, 9, "Blosc zstd + byte shuffle (Zarr v3 specification)"),
-    "blosc-lz4": (5, 9, "Blosc lz4 + byte shuffle (Zarr v3 specification)"),
-    "blosc-lz4hc": (5, 9, "Blosc lz4hc + byte shuffle (Zarr v3 specification)"),
+    "blosc-lz4hc": (2, 9, "Blosc lz4hc + byte shuffle (Zarr v3 core codecs)"),
+    "blosc-lz4": (5, 9, "Blosc lz4 + byte shuffle (Zarr v3 core codecs)"),
+    "blosc-zstd": (3, 9, "Blosc zstd + byte shuffle (Zarr v3 core codecs)"),
+    "pcodec": (8, 12, "pcodec (numcodecs.pcodec; needs the pcodec package)"),
 }
-DEFAULT_CODEC = "pcodec"
+DEFAULT_CODEC = "blosc-lz4hc"
 # zarr warns each time it builds a numcodecs codec (pcodec), i.e. whenever it reads a store's metadata: the store
 # chose it knowingly and the README says which readers open it. Only that warning of that zarr module is silenced.
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification",
@@ -100,6 +100,11 @@ def _signal_codecs(codec: str, level: int) -> dict:
 
     if codec == "pcodec":
         from zarr.codecs.numcodecs import PCodec
+
+        try:
+            import pcodec  # noqa: F401 - numcodecs needs it to encode and decode
+        except ImportError:
+            raise ValueError("codec pcodec needs the pcodec package (pip install pcodec)") from None
 
         # First-order deltas of the samples in pcodec's classic mode: what its automatic search picks for ECGs
         # within 1.5% of the size, and 40% faster to encode (bench_store.py's codec table).
@@ -204,12 +209,14 @@ class ECGStore:
             fs: sampling rate in Hz. n_samples: samples per record (T).
             gain_uv: microvolts per stored integer unit; signals are rounded to the nearest unit.
             chunk_records: records per shard, the block a loader reads at once.
-            codec: how each record is compressed, a name of :data:`CODECS`: ``"pcodec"`` (default: 3.4x on the
-                CinC records, decoding as fast as Blosc zstd 3), ``"blosc-zstd"``, ``"blosc-lz4"`` (1.9x, decodes
-                ~2.7x faster), ``"blosc-lz4hc"``; the README's codec table compares them. Recorded in the ``codec``
-                attribute; every read follows the array's own Zarr metadata. Each record's compressed bytes carry
-                a CRC-32C that every read verifies, whatever the codec.
-            compression_level: the codec's level (pcodec 0-12, default 8; Blosc 0-9, default zstd 3, lz4 5).
+            codec: how each record is compressed, a name of :data:`CODECS`: ``"blosc-lz4hc"`` (default, level 2:
+                2.1x on the CinC records, decoding ~2.3x faster than Blosc zstd 3), ``"blosc-lz4"``,
+                ``"blosc-zstd"``, ``"pcodec"`` (3.3x, decoding as fast as Blosc zstd 3; needs the pcodec package);
+                the README's codec table compares them. Recorded in the ``codec`` attribute; every read follows the
+                array's own Zarr metadata. Each record's compressed bytes carry a CRC-32C that every read verifies,
+                whatever the codec.
+            compression_level: the codec's level (Blosc 0-9, default lz4hc 2, lz4 5, zstd 3; pcodec 0-12,
+                default 8).
             provenance: stored in the ``provenance`` attribute (sources, options).
             overwrite: replace whatever is at ``path``; ``"incomplete"``: replace only a store whose creation was
                 interrupted (it lacks the attributes, written last); otherwise an existing store is an error.

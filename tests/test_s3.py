@@ -70,7 +70,7 @@ def test_ingest_killed_and_resumed_stores_every_record_exactly_once(s3, stores):
     assert sorted(remote.record_ids.tolist()) == sorted(set(remote.record_ids.tolist()))  # each once
     np.testing.assert_array_equal(remote.record_ids, local.record_ids)
     np.testing.assert_array_equal(remote.read_block(0, len(remote), raw=True), local.read_block(0, len(local), raw=True))
-    assert remote.codec == local.codec == ("pcodec", 8) and remote.record_codec().checksum
+    assert remote.codec == local.codec == ("blosc-lz4hc", 2) and remote.record_codec().checksum
 
 
 def test_plain_zarr_opens_the_s3_store(s3, stores):

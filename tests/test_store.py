@@ -301,8 +301,8 @@ def test_the_default_codec_and_levels(tmp_path):
     from ecgfast.store import CODECS, DEFAULT_CODEC
 
     store = ECGStore.create(tmp_path / "d.zarr", LEADS8, 500, T)
-    assert store.codec == (DEFAULT_CODEC, CODECS[DEFAULT_CODEC][0]) == ("pcodec", 8)
-    with pytest.raises(ValueError, match=r"codec \(--codec\) must be one of pcodec, blosc-zstd"):
+    assert store.codec == (DEFAULT_CODEC, CODECS[DEFAULT_CODEC][0]) == ("blosc-lz4hc", 2)
+    with pytest.raises(ValueError, match=r"codec \(--codec\) must be one of blosc-lz4hc, blosc-lz4"):
         ECGStore.create(tmp_path / "e.zarr", LEADS8, 500, T, codec="zstd")
     with pytest.raises(ValueError, match=r"--compression-level\) of blosc-lz4 must be an integer from 0 to 9"):
         ECGStore.create(tmp_path / "f.zarr", LEADS8, 500, T, codec="blosc-lz4", compression_level=10)
@@ -336,7 +336,7 @@ def test_reads_split_over_any_number_of_threads_agree(filled, threads):
 
 
 def test_a_default_store_reads_every_field_with_plain_zarr_and_numcodecs(tmp_path):
-    """zarr-python with numcodecs (and pcodec) opens a store of the default codec without ecgfast."""
+    """zarr-python with numcodecs opens a store of the default codec without ecgfast."""
     x = _signals(6)
     path = tmp_path / "plain.zarr"
     with ECGStore.create(path, LEADS12, 500, T, chunk_records=4) as store:
@@ -344,7 +344,8 @@ def test_a_default_store_reads_every_field_with_plain_zarr_and_numcodecs(tmp_pat
         store.add_report(["src/gone"], ["skip"], ["unreadable no header"])
     store = ECGStore.open(path)
     group = zarr.open_group(str(path), mode="r")
-    assert group["signals"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"][0]["name"] == "numcodecs.pcodec"
+    inner = group["signals"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in inner] == ["bytes", "blosc", "crc32c"]  # Zarr v3 core codecs only
     np.testing.assert_array_equal(group["signals"][:], store.read_block(0, 6, raw=True))
     for name in FIELDS:
         values = group[name][:]
