@@ -125,14 +125,14 @@ def test_reads_at_the_codecs_speed(tiled, codec, benchmark):
     stores, _ = tiled
     path = stores[codec].location
     one, two = ECGStore.open(path, threads=1), ECGStore.open(path, threads=2)
-    codec = one.record_codec()
+    chunk_codec = one.record_codec()
     chunks = [c for k in range(N // BATCH) for c in one._reader.chunks(k, BATCH)]
     record = np.empty((1, 12, one.n_samples), np.int16)
     buffer = np.empty((BATCH, 12, one.n_samples), np.int16)
     rng = np.random.default_rng(0)
     batches = [rng.choice(N, BATCH, replace=False) for _ in range(N // BATCH)]
     cases = {
-        "codec alone, one record's buffer": lambda: [codec.decode(c, record) for c in chunks],
+        "codec alone, one record's buffer": lambda: [chunk_codec.decode(c, record) for c in chunks],
         "read_block, 1 thread": _blocks(one),
         "read_block, 2 threads": _blocks(two),
         "read_block(out=), 1 thread": lambda: [one.read_block(s, s + BATCH, raw=True, out=buffer)
