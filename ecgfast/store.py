@@ -39,7 +39,11 @@ FIELDS: dict[str, tuple[str, object]] = {
     "age": ("float32", float("nan")),
     "sex": ("int8", -1),
     "fs_original": ("float32", float("nan")),
+    "fold": ("int8", -1),
 }
+# Fields added to schema version 1 after its first stores: a store written before lacks their arrays, reads their
+# fill value for every record, and gets the array with its next append.
+ADDED_FIELDS = ("fold",)
 REPORT_FIELDS = ("record_id", "level", "reason")
 
 # The codecs a new store's records can be compressed with: name -> (default level, highest level, what it is). Each
@@ -128,6 +132,13 @@ def codec_of(inner_codecs: list[dict]) -> tuple[str, int] | None:
 def _as_str(values) -> np.ndarray:
     """A fixed-width unicode array, whatever string dtype zarr returned (object or NumPy's StringDType)."""
     return np.array(list(values), dtype=str)
+
+
+def _create_field(group, name: str, n_leads: int):
+    """The empty array of the per-record field ``name`` in ``group``."""
+    dtype, fill = FIELDS[name]
+    shape, chunks = ((0, n_leads), (_META_CHUNK, n_leads)) if name == "lead_valid" else ((0,), (_META_CHUNK,))
+    return group.create_array(name, shape=shape, dtype=str if dtype == "str" else dtype, chunks=chunks, fill_value=fill)
 
 
 def _zarr_store(path_or_url, read_only: bool, storage_options: Mapping | None = None):
@@ -251,9 +262,8 @@ class ECGStore:
         L, T = len(lead_names), int(n_samples)
         group.create_array("signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
                            fill_value=0, **_signal_codecs(codec, level))
-        for name, (dtype, fill) in FIELDS.items():
-            shape, chunks = ((0, L), (_META_CHUNK, L)) if name == "lead_valid" else ((0,), (_META_CHUNK,))
-            group.create_array(name, shape=shape, dtype=str if dtype == "str" else dtype, chunks=chunks, fill_value=fill)
+        for name in FIELDS:
+            _create_field(group, name, L)
         report = group.create_group("ingest_report")
         for name in REPORT_FIELDS:
             report.create_array(name, shape=(0,), dtype=str, chunks=(_META_CHUNK,), fill_value="")
@@ -340,6 +350,9 @@ class ECGStore:
         return self._arrays[name]
 
     def _column(self, name: str) -> np.ndarray:
+        if name not in self._columns and name in ADDED_FIELDS and name not in self._group:
+            dtype, fill = FIELDS[name]  # a store from before the field: unknown for every record
+            self._columns[name], self._written[name] = np.full(self._n, fill, dtype), 0
         if name not in self._columns:
             values = self._array(name)[: self._n]
             if FIELDS.get(name, ("",))[0] == "str":
@@ -367,6 +380,8 @@ class ECGStore:
     age = property(lambda self: self._column("age"), doc="float32 (N,): years, NaN unknown")
     sex = property(lambda self: self._column("sex"), doc="int8 (N,): 0 female, 1 male, -1 unknown")
     fs_original = property(lambda self: self._column("fs_original"), doc="float32 (N,): the source's sampling rate")
+    folds = property(lambda self: self._column("fold"),
+                     doc="int8 (N,): the source's recommended fold (PTB-XL's strat_fold, 1-10), -1 none")
 
     @property
     def label_names(self) -> list[str]:
@@ -378,6 +393,21 @@ class ECGStore:
     def labels(self) -> dict[str, np.ndarray]:
         """Label name -> float32 (N,), NaN where unknown."""
         return {name: self._column(f"labels/{name}") for name in self.label_names}
+
+    @property
+    def label_groups(self) -> dict[str, list[str]]:
+        """Group name -> its label names (the ``label_groups`` attribute; PTB-XL ingest records ``all``, ``diag``,
+        ``sub``, ``super``, ``form`` and ``rhythm``). A record whose labels of a group are NaN is outside that
+        group's evaluation."""
+        return {name: list(labels) for name, labels in self._group.attrs.get("label_groups", {}).items()}
+
+    def label_group(self, name: str) -> list[str]:
+        """The label names of the group ``name``; a ValueError naming the store's groups if it has no such group."""
+        groups = self.label_groups
+        if name not in groups:
+            raise ValueError(f"store {self.location} has no label group {name!r} "
+                             f"(its groups: {', '.join(sorted(groups)) or 'none'})")
+        return groups[name]
 
     @property
     def report(self) -> dict[str, np.ndarray]:
@@ -407,6 +437,12 @@ class ECGStore:
         if n:
             lines.append(f"  duration  mean valid {self.lengths.mean() / self.fs:.2f} s; "
                          f"{int((~self.lead_valid).sum()):,} missing or flat leads")
+        folds = Counter(self.folds.tolist())
+        if set(folds) - {-1}:
+            lines.append("  folds     " + "  ".join(f"{k}: {c:,}" for k, c in sorted(folds.items()) if k >= 0)
+                         + (f"  (none: {folds[-1]:,})" if folds[-1] else ""))
+        for name, labels in self.label_groups.items():
+            lines.append(f"  group     {name}: {len(labels)} labels")
         for name, values in self.labels.items():
             known = values[~np.isnan(values)]
             lines.append(f"  label     {name}: {known.size:,} known, prevalence {known.mean() if known.size else float('nan'):.3f}")
@@ -466,6 +502,8 @@ class ECGStore:
         arrays = {name: ((n, L) if name == "lead_valid" else (n,), dtype) for name, (dtype, _) in FIELDS.items()}
         arrays.update({f"labels/{name}": ((n,), "float32") for name in self.label_names})
         for name, (shape, dtype) in arrays.items():
+            if name not in self._group and name in ADDED_FIELDS:
+                continue  # a store from before the field
             if name not in self._group:
                 problems.append(f"array {name} is missing")
                 continue
@@ -588,6 +626,7 @@ class ECGStore:
         fs_original=None,
         lead_valid=None,
         labels: Mapping[str, np.ndarray] | None = None,
+        fold=None,
         raw: bool = False,
     ) -> range:
         """Append a batch of records and return their indices.
@@ -601,6 +640,7 @@ class ECGStore:
             age, sex, fs_original: (B,) each; unknown by default (NaN, -1, NaN).
             lead_valid: bool (B, L); default: the lead is not flat over the record's length.
             labels: label name -> float (B,), NaN unknown; a label new to the store is NaN for earlier records.
+            fold: the source's recommended fold (B,), integers 0-127; -1 (the default) none.
 
         Records are buffered and written a whole shard at a time; :meth:`flush` (or closing) writes the rest.
         """
@@ -619,7 +659,7 @@ class ECGStore:
             lead_valid = np.array([np.ptp(r[:, :k], axis=1) > 0 if k > 0 else np.zeros(L, bool)
                                    for r, k in zip(q, n)]).reshape(B, L)
         out = self.append_columns(lengths=lengths, record_ids=record_ids, patient_keys=patient_keys, age=age, sex=sex,
-                                  fs_original=fs_original, lead_valid=lead_valid, labels=labels)
+                                  fs_original=fs_original, lead_valid=lead_valid, labels=labels, fold=fold)
         self._queue(q)
         return out
 
@@ -634,6 +674,7 @@ class ECGStore:
         sex=None,
         fs_original=None,
         labels: Mapping[str, np.ndarray] | None = None,
+        fold=None,
     ) -> range:
         """Append the per-record fields of records whose signals are already written (see :meth:`write_shard`).
 
@@ -650,7 +691,12 @@ class ECGStore:
             "age": np.full(B, np.nan, np.float32) if age is None else np.asarray(age, np.float32),
             "sex": np.full(B, -1, np.int8) if sex is None else np.asarray(sex, np.int8),
             "fs_original": np.full(B, self._fs, np.float32) if fs_original is None else np.asarray(fs_original, np.float32),
+            "fold": np.full(B, -1, np.int8) if fold is None else np.asarray(fold),
         }
+        folds = columns["fold"]
+        if folds.size and not (np.issubdtype(folds.dtype, np.integer) and ((folds >= -1) & (folds <= 127)).all()):
+            raise ValueError(f"fold must hold integers from 0 to 127 (-1: none), got {np.unique(folds)[:8]}")
+        columns["fold"] = folds.astype(np.int8)
         for name, col in columns.items():
             if col.shape != (B,):
                 raise ValueError(f"{name} must have shape ({B},), got {col.shape}")
@@ -666,6 +712,8 @@ class ECGStore:
                 raise ValueError(f"record id {rid!r} is already in the store")
             seen.add(rid)
         for name, values in (labels or {}).items():
+            if not name or "/" in name:
+                raise ValueError(f"label name {name!r} must be non-empty and without '/' (it names a Zarr array)")
             values = np.asarray(values, np.float32)
             if values.shape != (B,):
                 raise ValueError(f"label {name!r} must have shape ({B},), got {values.shape}")
@@ -735,7 +783,9 @@ class ECGStore:
             upto = self._n if final else self._n - self._n % _META_CHUNK
             if upto <= done:
                 continue
-            if name not in self._arrays and name not in self._group:
+            if name in ADDED_FIELDS and name not in self._arrays and name not in self._group:
+                self._arrays[name] = _create_field(self._group, name, len(self._lead_names))
+            elif name not in self._arrays and name not in self._group:
                 self._arrays[name] = self._group["labels"].create_array(
                     name[7:], shape=(0,), dtype="float32", chunks=(_META_CHUNK,), fill_value=float("nan"))
             array = self._array(name)
@@ -780,6 +830,22 @@ class ECGStore:
             array.resize((n + len(values),))
             if len(values):
                 array[n:] = values
+
+    def add_label_groups(self, groups: Mapping[str, Iterable[str]]) -> None:
+        """Record label groups in the ``label_groups`` attribute: a group already there gains the new names. Each
+        name must be a label of the store, and no group may bear a label's name (``--tasks`` takes either)."""
+        self._require_writable()
+        known = set(self.label_names)
+        merged = self.label_groups
+        for name, labels in groups.items():
+            labels = [str(label) for label in labels]
+            missing = sorted(set(labels) - known)
+            if missing or name in known or not labels:
+                why = (f"labels {missing[:5]} are not in the store" if missing else
+                       "it is a label's name" if name in known else "it has no labels")
+                raise ValueError(f"label group {name!r}: {why}")
+            merged[name] = sorted(set(merged.get(name, [])) | set(labels))
+        self._group.attrs.update(label_groups=merged)
 
     def add_source(self, entry: Mapping) -> None:
         """Record an ingested source (its path, options...) in the ``provenance`` attribute."""

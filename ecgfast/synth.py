@@ -36,6 +36,7 @@ from numba import njit
 from ecgfast.leads import DERIVED, DERIVED_FROM_I_II, DOWER, LEADS8, LEADS12, lead_index
 
 MAX_ECGS = 5  # ECGs per patient: 1 to MAX_ECGS
+LABELS = ("low_lvef", "high_potassium")  # the keys of Cohort.labels, known before any cohort is made
 _PRE_S, _POST_S = 0.40, 0.70  # the beat template spans R - 0.40 s to R + 0.70 s
 _MIN_RR_S = 0.30  # shortest RR after jitter, which bounds the beats per recording
 _BANK_SAMPLES = 1 << 20
@@ -331,7 +332,7 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
         signals=signals, lead_names=tuple(lead_names), fs=fs, lengths=np.full(len(pe), n_samples, np.int32),
         patient_keys=keys, record_ids=np.array([f"synth/{k}/e{i}" for k, i in zip(keys, j)]),
         age=_f32(age[pe]), sex=male[pe].astype(np.int8),
-        labels={"low_lvef": _f32(low_lvef[pe]), "high_potassium": _f32(high_k)},
+        labels=dict(zip(LABELS, (_f32(low_lvef[pe]), _f32(high_k)))),
         traits={"qrs_ms": _f32(qrs * 1000), "heart_rate": _f32(hr), "pr_ms": _f32(pr * 1000), "qt_ms": _f32(qt * 1000),
                 "t_r_ratio": _f32(t_ratio), "t_width_ms": _f32(t_sigma * 1000), "p_r_ratio": _f32(p_ratio),
                 "qrs_t_angle": _f32(np.degrees(angle)), "qrs_mv": _f32(qrs_mv),

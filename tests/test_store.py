@@ -350,7 +350,7 @@ def test_a_default_store_reads_every_field_with_plain_zarr_and_numcodecs(tmp_pat
     for name in FIELDS:
         values = group[name][:]
         mine = getattr(store, {"length": "lengths", "record_id": "record_ids", "patient_id": "patient_ids",
-                               "patient_key": "patient_keys"}.get(name, name))
+                               "patient_key": "patient_keys", "fold": "folds"}.get(name, name))
         np.testing.assert_array_equal(np.asarray(values, dtype=mine.dtype), mine, err_msg=name)
     np.testing.assert_array_equal(group["labels/af"][:], store.labels["af"])
     assert [str(r) for r in group["ingest_report/record_id"][:]] == ["src/gone"]
@@ -368,3 +368,37 @@ def test_ingest_keeps_a_stores_codec(data_dir, tmp_path):
     ingest(data_dir / "ptb_frank", dest, **shape)  # no codec named: the store's own
     store = ECGStore.open(dest)
     assert store.codec == ("blosc-lz4", 5) and len(store) == 11 and store.verify() == []
+
+
+def test_folds_and_label_groups_and_a_store_from_before_the_fold_field(tmp_path):
+    """``fold`` came after schema 1's first stores: one without the array opens, reads -1, verifies clean and gets
+    the array (-1 for its earlier records) with its next append. Label groups name labels; bad ones are refused."""
+    path = tmp_path / "old.zarr"
+    with ECGStore.create(path, LEADS8, 500, T, chunk_records=4) as store:
+        _append(store, _signals(3, leads=8), labels={"a": [1.0, 0.0, np.nan]})
+    del zarr.open_group(str(path), mode="r+")["fold"]  # as a store written before the field
+    store = ECGStore.open(path)
+    assert store.folds.tolist() == [-1, -1, -1] and store.verify() == [] and store.label_groups == {}
+    with ECGStore.open(path, mode="r+") as store:
+        store.append(_signals(2, leads=8), lengths=[T, T], record_ids=["src/r3", "src/r4"], patient_keys=["x", "y"],
+                     fold=[9, 10], labels={"b": [1.0, 1.0]})
+        store.add_label_groups({"g": ["a", "b"]})
+        store.add_label_groups({"g": ["a"], "h": ["b"]})  # merged into what is there
+        for groups, match in (({"g": ["a", "zz"]}, "not in the store"), ({"a": ["b"]}, "a label's name"),
+                              ({"e": []}, "no labels")):
+            with pytest.raises(ValueError, match=match):
+                store.add_label_groups(groups)
+        for fold, match in (([128, 1], "fold"), ([1.5, 2.0], "fold")):
+            with pytest.raises(ValueError, match=match):
+                store.append(_signals(2, leads=8), lengths=[T, T], record_ids=["s/5", "s/6"], patient_keys=["z"] * 2,
+                             fold=fold)
+        with pytest.raises(ValueError, match="without '/'"):
+            store.append(_signals(1, leads=8), lengths=[T], record_ids=["s/7"], patient_keys=["z"],
+                         labels={"sub_LAFB/LPFB": [1.0]})
+    store = ECGStore.open(path)
+    assert zarr.open_group(str(path), mode="r")["fold"][:].tolist() == [-1, -1, -1, 9, 10]
+    assert store.folds.tolist() == [-1, -1, -1, 9, 10] and store.verify() == []
+    assert store.label_groups == {"g": ["a", "b"], "h": ["b"]} and store.label_group("h") == ["b"]
+    with pytest.raises(ValueError, match="no label group 'super'.*its groups: g, h"):
+        store.label_group("super")
+    assert "folds     9: 1  10: 1  (none: 3)" in store.summary() and "group     g: 2 labels" in store.summary()

@@ -100,6 +100,8 @@ class _Plan:
     items: list[str]
     keys: list[str | None]  # patient key per item, None when the source has none
     labels: dict[str, np.ndarray]  # label name -> float32 per item
+    label_groups: dict[str, list[str]]  # group name -> label names (PTB-XL's tasks)
+    folds: np.ndarray | None  # the source's fold per item (int8, -1 none), None when it has none
     order: list[int]  # item indices in storing order
     unmatched: dict[str, list[str]]
 
@@ -151,8 +153,8 @@ def _plan(src, format: str, reader_options: dict, source_name, labels, patients)
     order = plan(items, [k or it for k, it in zip(keys, items)])
     options_set = {k: v for k, v in reader_options.items() if v not in (None, False)}
     name = source_name or Path(src).resolve().with_suffix("").name
-    return _Plan(format, reader, options_set, name, items, keys, label_values, order,
-                 {k: v for k, v in unmatched.items() if v})
+    return _Plan(format, reader, options_set, name, items, keys, label_values, meta.get("label_groups", {}),
+                 meta.get("fold"), order, {k: v for k, v in unmatched.items() if v})
 
 
 # ---- step 2: the store and the resume point ------------------------------------------------------------------
@@ -325,6 +327,7 @@ def _finish(store, run: Run, p: _Plan, src, pending: list[int], split: bool, gai
             sex=[r["sex"] for r in records],
             fs_original=[r["fs"] for r in records],
             labels={name: values[positions] for name, values in p.labels.items()} if records else None,
+            fold=p.folds[positions] if p.folds is not None and records else None,
         )
     store.add_report(*zip(*rows) if rows else ([], [], []), at=run.attrs["report_base"])
     if not any(s.get("run") == run.attrs["run"] for s in store.attrs["provenance"]["sources"]):
@@ -332,6 +335,8 @@ def _finish(store, run: Run, p: _Plan, src, pending: list[int], split: bool, gai
                           "gain_uv": gain_uv, "options": p.options, "split": bool(split),
                           "labels": str(labels) if labels else None, "patients": str(patients) if patients else None,
                           "stored": len(records)})
+    if p.label_groups and records:
+        store.add_label_groups(p.label_groups)
     store.save_columns()
     fault("ingest.columns")
     store.flush()  # grows signals: the records become visible
