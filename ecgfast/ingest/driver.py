@@ -160,19 +160,15 @@ def _plan(src, format: str, reader_options: dict, source_name, labels, patients)
 # ---- step 2: the store and the resume point ------------------------------------------------------------------
 def _open_or_create(dest, lead_names, fs, n_samples, gain_uv, layout: dict, storage_options):
     """The store at ``dest`` if its rate, duration, leads and gain match, else a new one: (store, created)."""
-    from ecgfast.store import ECGStore
-
-    from ecgfast.store import DEFAULT_CODEC, check_codec
+    from ecgfast.store import DEFAULT_CODEC, ECGStore, check_codec
 
     codec, level = layout.pop("codec"), layout.pop("compression_level")
     try:
         store = ECGStore.open(dest, mode="r+", storage_options=storage_options)
     except (ValueError, FileNotFoundError):
-        codec = codec or DEFAULT_CODEC
-        store = ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, codec=codec,
-                                compression_level=check_codec(codec, level), **layout,
-                                threads=min(4, os.cpu_count() or 1), overwrite="incomplete",
-                                storage_options=storage_options)
+        store = ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, codec=codec or DEFAULT_CODEC,
+                                compression_level=level, **layout, threads=min(4, os.cpu_count() or 1),
+                                overwrite="incomplete", storage_options=storage_options)
         return store, True
     found = (store.lead_names, store.fs, store.n_samples, store.gain_uv)
     if found != (tuple(lead_names), float(fs), n_samples, float(gain_uv)):
