@@ -294,10 +294,10 @@ def evaluate(cfg: Config, store, split, path: Path) -> list[dict]:
     pretrained = load_encoder(cfg, path)
     seeds = PAPER_SEEDS if cfg.preset == "paper" else tuple(cfg.seed + k for k in range(cfg.downstream_seeds))
     dcfg = DownstreamConfig(fractions=cfg.fractions, epochs=cfg.downstream_epochs, seeds=seeds,
-                            lr_random=cfg.lr_random, lr_frozen=cfg.lr_frozen, lr_backbone=cfg.lr_backbone,
+                            lr_random=cfg.lr_random, lr_probe=cfg.lr_frozen, lr_backbone=cfg.lr_backbone,
                             lr_head=cfg.lr_head, patience=cfg.downstream_patience,
                             max_steps=cfg.downstream_max_steps, device=str(device_of(cfg)))
-    rows = []
+    evaluation = None
     for task in cfg.tasks:
         y = np.asarray(store.labels[task])
         known = np.flatnonzero(~np.isnan(y))
@@ -305,12 +305,13 @@ def evaluate(cfg: Config, store, split, path: Path) -> list[dict]:
         # The demo's records fit in memory; a large store is read batch by batch instead.
         windows = center_windows(store, known, window(cfg)) if len(known) <= 50_000 else \
             (lambda idx, known=known: center_windows(store, known[idx], window(cfg)))
-        rows += run_protocol(task, windows, y[known], pid, split, lambda: make_model(cfg), pretrained=pretrained,
-                             config=dcfg)
-    write_results(rows, path)
-    print(format_table(rows))
+        result = run_protocol(task, windows, y[known], pid, split, lambda: make_model(cfg), pretrained=pretrained,
+                              config=dcfg)
+        evaluation = result if evaluation is None else evaluation + result
+    write_results(evaluation, path)
+    print(format_table(evaluation))
     print(f"results: {path / 'results.csv'}, plot: {path / 'auroc.png'}")
-    return rows
+    return evaluation.runs
 
 
 @torch.no_grad()

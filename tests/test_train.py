@@ -35,7 +35,7 @@ def test_micro_demo_writes_every_output(tmp_path, cache, capsys):
                  "auroc.png"):
         assert (run / name).exists(), name
     rows = list(csv.DictReader(open(run / "results.csv")))
-    assert {r["arm"] for r in rows} == {"random", "frozen", "finetuned"}
+    assert {r["arm"] for r in rows} == {"prevalence", "random", "random_probe", "frozen", "finetuned"}
     assert {float(r["fraction"]) for r in rows} == {0.1, 1.0}
     for r in rows:
         assert 0.0 <= float(r["test_auroc_lo"]) <= float(r["test_auroc"]) <= float(r["test_auroc_hi"]) <= 1.0
