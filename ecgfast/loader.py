@@ -1,22 +1,28 @@
-"""ECGLoader: store blocks -> fused augmentation in threads -> (pinned) batches on the device, prefetched.
+"""ECGLoader: store reads -> fused augmentation in threads -> (pinned) batches on the device, prefetched.
 
 One background thread produces batches into a bounded queue while the training loop consumes them:
 
-* the sampler's plan says which contiguous blocks each batch needs; blocks are read whole with
-  ``store.read_block(start, stop, raw=True)`` a few batches ahead, four at a time in an I/O thread pool (the store
-  decodes its shards in threads), kept while later batches still need them and dropped after their last use;
-* each batch's int16 rows are gathered from the cached blocks and turned into float32 views by the fused
-  augmentation (``ecgfast.augment.augment_batch``: nogil Numba kernels over ``threads`` threads), written straight
-  into the output buffer: pinned host memory when the device is a GPU, copied there on a side stream so that the
-  copy overlaps the training step.
+* the records of the next few batches are read ahead in an I/O thread pool (the store decodes its shards in its own
+  threads). How follows the sampler's plan: in mode "patient" its batches come from shuffle buffers of contiguous
+  blocks, which are read whole with ``store.read_block(start, stop, raw=True)``, kept while later batches still
+  need them and dropped after their last use; in mode "uniform" (a global shuffle) each batch's records are read on
+  their own with ``store.read(indices, raw=True)``, split by shard into parallel reads (the store merges the reads
+  of one shard), and nothing outlives its batch;
+* each batch's int16 rows are turned into float32 views by the fused augmentation
+  (``ecgfast.augment.augment_batch``: nogil Numba kernels over ``threads`` threads), written straight into the
+  output buffer: pinned host memory when the device is a GPU, copied there on a side stream so that the copy
+  overlaps the training step.
 
-The same code runs on a CPU-only machine (no worker processes). It is a ``torch.utils.data.IterableDataset``, so
-``DataLoader(loader, batch_size=None, num_workers=0)`` wraps it unchanged (it batches and prefetches itself; worker
-processes would each replay the whole epoch).
+Any error of that thread (a failed read, a failing device) is raised in the training loop at the batch it belongs
+to. The same code runs on a CPU-only machine (no worker processes). It is a ``torch.utils.data.IterableDataset``,
+so ``DataLoader(loader, batch_size=None, num_workers=0)`` wraps it unchanged (it batches and prefetches itself;
+worker processes would each replay the whole epoch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 import weakref
@@ -31,7 +37,7 @@ from ecgfast.sampling import PatientBatchSampler
 
 __all__ = ["ECGLoader"]
 
-_IO_THREADS = 4  # blocks read at once: hides an object store's request latency behind other blocks' transfers
+_IO_THREADS = 4  # reads in flight: hides an object store's request latency behind other reads' transfers
 
 
 class ECGLoader(torch.utils.data.IterableDataset):
@@ -42,14 +48,17 @@ class ECGLoader(torch.utils.data.IterableDataset):
     which of the spec's leads carried signal in the store (always True for the leads the sampler requires).
 
     Args:
-        store: an ``ECGStore`` (or any object with its ``read_block(start, stop, raw=True)``, ``lead_names``, ``fs``,
-            ``gain_uv``, ``patient_ids``, ``lengths``, ``lead_valid`` and ``chunk_records``).
+        store: an ``ECGStore`` (or any object with its ``lead_names``, ``fs``, ``gain_uv``, ``patient_ids``,
+            ``lengths``, ``lead_valid``, ``chunk_records`` and ``read_block(start, stop, raw=True)`` for mode
+            "patient" or ``read(indices, raw=True)`` for mode "uniform").
         spec: the ``ecgfast.views.ViewSpec`` of the views.
         augment: the ``ecgfast.augment.Augment`` applied to each view.
         batch_size: records per batch (on this rank).
         sampler: a ``PatientBatchSampler``; default ``PatientBatchSampler.from_store(store, spec, augment=augment)``
             with this batch size and seed.
-        device: where the batches go.
+        device: where the batches go. ``"cuda"`` without an index is this process's GPU: ``cuda:$LOCAL_RANK``
+            under torchrun (when that GPU is visible), else ``torch.cuda.current_device()``; a CUDA device on a
+            machine without CUDA is a ValueError here, not an error of the first batch.
         threads: threads of the fused augmentation (default: the cores available); results do not depend on it.
         prefetch: batches produced ahead of the consumer.
         seed: the augmentation's seed (and the default sampler's): sample randomness is
@@ -67,7 +76,7 @@ class ECGLoader(torch.utils.data.IterableDataset):
         if float(store.fs) != float(spec.fs):
             raise ValueError(f"the view spec is for {spec.fs} Hz but the store holds {store.fs} Hz records")
         self.store, self.spec, self.augment = store, spec, augment
-        self.device = torch.device(device)
+        self.device = _resolve_device(device)
         self.threads, self.prefetch, self.seed = threads, int(prefetch), int(seed)
         if pin_memory and self.device.type != "cuda":
             raise ValueError(f"pin_memory=True needs a CUDA device, got device={str(self.device)!r}")
@@ -120,7 +129,7 @@ class ECGLoader(torch.utils.data.IterableDataset):
         producer.start()
         try:
             for _ in todo:
-                item = ready.get()
+                item = _next(ready, producer)
                 if isinstance(item, BaseException):
                     raise item
                 out, copied = item
@@ -138,7 +147,11 @@ class ECGLoader(torch.utils.data.IterableDataset):
             producer.join()
 
     def _produce(self, todo, ready: queue.Queue, stop: threading.Event) -> None:
-        """Runs in the background thread: reads blocks ahead, augments, copies, and queues each batch in order."""
+        """Runs in the background thread: reads ahead, augments, copies, and queues each batch in order.
+
+        Everything it does, from its first CUDA call on, sits inside the ``try``: an error becomes the consumer's
+        next item instead of a thread that dies while the consumer waits.
+        """
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -149,63 +162,142 @@ class ECGLoader(torch.utils.data.IterableDataset):
                     pass
             return False
 
-        last_use = {int(blk): i for i, b in enumerate(todo) for blk in b.blocks}
-        cache: dict = {}
         cuda = self.device.type == "cuda"
-        side = torch.cuda.Stream(self.device) if cuda else None
-        hosts = _HostBuffers((self.batch_size, *self.spec.shape), self.prefetch + 2, self.pin_memory)
-        raw = None  # the gathered int16 rows, reused: a fresh buffer per batch would pay its page faults again
         io = ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="ecgfast-read")
+        reads = (_BlockReads if self.sampler.whole_blocks else _RecordReads)(self.store, self.sampler, todo, io)
         try:
-            for i, b in enumerate(todo):
-                for ahead in todo[i:i + self.prefetch + 2]:
-                    for blk in ahead.blocks:
-                        if int(blk) not in cache:
-                            cache[int(blk)] = io.submit(self._read_block, int(blk))
-                raw = self._gather(b, cache, raw)
-                for blk in b.blocks:
-                    if last_use[int(blk)] == i:
-                        del cache[int(blk)]
-                host = hosts.take()
-                augment_batch(raw, self.lengths[b.indices], gain_uv=self.store.gain_uv, store_leads=self.lead_names,
-                              spec=self.spec, augment=self.augment, seed=self.seed, epoch=b.epoch,
-                              positions=b.positions, out=host.numpy(), threads=self.threads)
-                out = {"x": host, "patient_id": torch.from_numpy(self.patient_ids[b.indices]),
-                       "index": torch.from_numpy(b.indices.astype(np.int64)),
-                       "lead_valid": torch.from_numpy(self.lead_valid[b.indices])}
-                copied = None
-                if cuda:
-                    with torch.cuda.stream(side):
-                        out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
-                        copied = torch.cuda.Event()
-                        copied.record(side)
-                    hosts.copying(host, copied)
-                elif self.device.type != "cpu":
-                    out = {k: v.to(self.device) for k, v in out.items()}
-                del host  # the consumer's references alone decide when the buffer is reused
-                if not put((out, copied)):
-                    return
-                del out
+            # The current CUDA device is per thread and starts at 0: select ours, so that the side stream and the
+            # pinned buffers belong to this rank's GPU.
+            with torch.cuda.device(self.device) if cuda else contextlib.nullcontext():
+                side = torch.cuda.Stream(self.device) if cuda else None
+                hosts = _HostBuffers((self.batch_size, *self.spec.shape), self.prefetch + 2, self.pin_memory)
+                raw = None  # the batch's int16 rows, reused: a fresh buffer per batch would pay its page faults again
+                for i, b in enumerate(todo):
+                    for ahead in range(i, min(i + self.prefetch + 2, len(todo))):
+                        reads.schedule(ahead)
+                    raw = reads.rows(i, raw)
+                    host = hosts.take()
+                    augment_batch(raw, self.lengths[b.indices], gain_uv=self.store.gain_uv,
+                                  store_leads=self.lead_names, spec=self.spec, augment=self.augment, seed=self.seed,
+                                  epoch=b.epoch, positions=b.positions, out=host.numpy(), threads=self.threads)
+                    out = {"x": host, "patient_id": torch.from_numpy(self.patient_ids[b.indices]),
+                           "index": torch.from_numpy(b.indices.astype(np.int64)),
+                           "lead_valid": torch.from_numpy(self.lead_valid[b.indices])}
+                    copied = None
+                    if cuda:
+                        with torch.cuda.stream(side):
+                            out = {k: v.to(self.device, non_blocking=True) for k, v in out.items()}
+                            copied = torch.cuda.Event()
+                            copied.record(side)
+                        hosts.copying(host, copied)
+                    elif self.device.type != "cpu":
+                        out = {k: v.to(self.device) for k, v in out.items()}
+                    del host  # the consumer's references alone decide when the buffer is reused
+                    if not put((out, copied)):
+                        return
+                    del out
         except BaseException as err:  # handed to the consumer, which raises it in the training loop
             put(err)
         finally:
             io.shutdown(wait=True, cancel_futures=True)
 
-    def _read_block(self, block: int) -> np.ndarray:
-        start, stop = self.sampler.block_range(block)
-        return self.store.read_block(start, stop, raw=True)
 
-    def _gather(self, batch, cache, raw) -> np.ndarray:
-        """The batch's int16 rows (B, L, T), copied out of its cached blocks into ``raw`` (allocated if None).
+def _next(ready: queue.Queue, producer: threading.Thread):
+    """The producer's next item; should the thread ever end without one, an error instead of a wait forever."""
+    while True:
+        try:
+            return ready.get(timeout=0.1)
+        except queue.Empty:
+            if not producer.is_alive():
+                try:
+                    return ready.get_nowait()
+                except queue.Empty:
+                    raise RuntimeError("the loader's producer thread ended without a batch or an error") from None
+
+
+def _resolve_device(device) -> torch.device:
+    """``device`` as a ``torch.device``; an unindexed CUDA device becomes this process's GPU (see ECGLoader)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device: {err}") from None
+    if dev.type != "cuda":
+        return dev
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} needs CUDA, which this machine (or this build of torch) does not "
+                         f"have; pass device='cpu'")
+    count = torch.cuda.device_count()
+    if dev.index is None:
+        local = os.environ.get("LOCAL_RANK", "")
+        # A LOCAL_RANK beyond the visible GPUs means each process sees only its own (CUDA_VISIBLE_DEVICES per rank).
+        index = int(local) if local.isdigit() and int(local) < count else torch.cuda.current_device()
+        dev = torch.device("cuda", index)
+    if dev.index >= count:
+        raise ValueError(f"device={str(device)!r}: this process sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return dev
+
+
+class _BlockReads:
+    """Mode "patient": the batches' blocks read whole a few batches ahead, each kept until its last batch is done
+    (about one shuffle buffer of records), the batch's rows copied out of them."""
+
+    def __init__(self, store, sampler, todo, io: ThreadPoolExecutor):
+        self.store, self.sampler, self.todo, self.io = store, sampler, todo, io
+        self.last_use = {int(blk): i for i, b in enumerate(todo) for blk in b.blocks}
+        self.cache: dict = {}
+
+    def schedule(self, i: int) -> None:
+        for blk in self.todo[i].blocks.tolist():
+            if blk not in self.cache:
+                self.cache[blk] = self.io.submit(self.store.read_block, *self.sampler.block_range(blk), raw=True)
+
+    def rows(self, i: int, raw: np.ndarray | None) -> np.ndarray:
+        """Batch ``i``'s int16 rows (B, L, T) in ``raw`` (allocated if None).
 
         Row by row: fancy indexing would copy each block's rows twice, through a fresh temporary.
         """
-        blocks = {int(blk): cache[int(blk)].result() for blk in batch.blocks}
+        batch = self.todo[i]
+        blocks = {blk: self.cache[blk].result() for blk in batch.blocks.tolist()}
         for row, index in enumerate(batch.indices.tolist()):
             block, local = divmod(index, self.sampler.block_size)
             if raw is None:
                 raw = np.empty((len(batch), *blocks[block].shape[1:]), dtype=blocks[block].dtype)
             raw[row] = blocks[block][local]
+        for blk in blocks:
+            if self.last_use[blk] == i:
+                del self.cache[blk]
+        return raw
+
+
+class _RecordReads:
+    """Mode "uniform": each batch's records read on their own a few batches ahead, in up to ``_IO_THREADS`` parallel
+    reads of whole shards' worth of its records (the store merges the reads that fall in one shard)."""
+
+    def __init__(self, store, sampler, todo, io: ThreadPoolExecutor):
+        self.store, self.sampler, self.todo, self.io = store, sampler, todo, io
+        self.pending: dict[int, list] = {}  # batch -> [(rows of the batch, future of their int16 records)]
+
+    def schedule(self, i: int) -> None:
+        if i in self.pending:
+            return
+        indices = self.todo[i].indices
+        shard = indices // self.sampler.block_size
+        order = np.argsort(shard, kind="stable")
+        shard = shard[order]
+        # Part of each record: that of its shard's first record, so that no shard is split between two reads.
+        first = np.r_[True, shard[1:] != shard[:-1]]
+        part = np.maximum.accumulate(np.where(first, np.arange(len(order)) * _IO_THREADS // len(order), 0))
+        cuts = np.flatnonzero(np.diff(part)) + 1
+        self.pending[i] = [(rows, self.io.submit(self.store.read, indices[rows], raw=True))
+                           for rows in np.split(order, cuts)]
+
+    def rows(self, i: int, raw: np.ndarray | None) -> np.ndarray:
+        """Batch ``i``'s int16 rows (B, L, T) in ``raw`` (allocated if None)."""
+        for rows, future in self.pending.pop(i):
+            part = future.result()
+            if raw is None:
+                raw = np.empty((len(self.todo[i]), *part.shape[1:]), dtype=part.dtype)
+            raw[rows] = part
         return raw
 
 

@@ -1,17 +1,23 @@
-"""Patient-aware, block-aware batch sampling.
+"""Batch sampling: patient-aware over a store's blocks, or a uniform global shuffle.
 
 A store keeps its records in contiguous blocks (shards) with the records of one patient next to each other.
-:class:`PatientBatchSampler` plans each epoch over those blocks so that the loader reads whole blocks, never single
-records, and still sees shuffled batches in which a patient's ECGs sit together:
+:class:`PatientBatchSampler` plans each epoch in one of two modes.
+
+``mode="patient"`` plans over those blocks so that the loader reads whole blocks, never single records, and still
+sees shuffled batches in which a patient's ECGs sit together:
 
 1. the blocks are shuffled, and taken ``buffer_blocks`` at a time into a shuffle buffer;
 2. inside a buffer, each patient's eligible records are cut into groups of ``ecgs_per_patient`` K (a last lone record
    joins the patient's previous group, so every patient with two or more ECGs in the buffer gets groups of >= 2);
-   ``mode="uniform"`` makes every record its own group instead, patients ignored;
-3. the groups are shuffled inside the buffer, the buffers concatenated: this is the epoch's global order;
-4. the order is split into ``world_size`` contiguous, equal parts (one per rank, so each rank reads about
-   1/world_size of the blocks), and each part packed into batches of ``batch_size`` keeping groups whole (a group
-   that does not fit the current batch waits for the next one, while smaller groups fill the gap).
+3. the groups are shuffled inside the buffer, the buffers concatenated: this is the epoch's global order.
+
+``mode="uniform"`` (what the paper's authors did) makes the epoch's global order a permutation of every eligible
+record of the whole store, patients ignored; the loader then reads each batch's records on their own (merged per
+shard), so memory never depends on the store's size.
+
+Either way, the order is split into ``world_size`` contiguous, equal parts (one per rank), and each part packed into
+batches of ``batch_size`` keeping groups whole (a group that does not fit the current batch waits for the next one,
+while smaller groups fill the gap).
 
 Every batch carries the records' ``positions`` (their slots in the epoch's global layout, unique within the epoch):
 the augmentation draws each sample's randomness from ``SeedSequence((seed, epoch, position))``. The plan depends on
@@ -43,7 +49,7 @@ class Batch:
     step: int
     indices: np.ndarray  # int64 (B,) record indices in the store
     positions: np.ndarray  # int64 (B,) slots in the epoch's global layout, unique within the epoch
-    blocks: np.ndarray  # int64 sorted block ids: the loader reads these blocks whole
+    blocks: np.ndarray  # int64 sorted ids of the blocks the records lie in (read whole in mode "patient")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -87,9 +93,11 @@ class PatientBatchSampler:
         block_size: records per block (the store's ``chunk_records``); block b is records [b*size, (b+1)*size).
         batch_size: records per batch on each rank.
         ecgs_per_patient: K, the records of one patient taken together (>= 2; mode="patient").
-        mode: "patient" (groups of K ECGs of a patient) or "uniform" (records shuffled one by one).
-        buffer_blocks: blocks per shuffle buffer; None puts the whole store in one buffer (a global shuffle: the
-            loader then holds the whole store in memory).
+        mode: "patient" (groups of K ECGs of a patient, shuffled within buffers of whole blocks) or "uniform" (a
+            permutation of every eligible record of the store, patients ignored).
+        buffer_blocks: mode "patient" only: blocks per shuffle buffer (None: the default, 8). The loader holds
+            about one buffer of records (``buffer_blocks x block_size``) in memory, so it bounds how far apart in the
+            store the records of one batch can lie. Mode "uniform" has no buffer and refuses one.
         seed: the plan of epoch e derives from (seed, e) only.
         drop_last: True drops the tail that does not fill a step on every rank (fewer than
             world_size * batch_size records, a different tail each epoch); False repeats records from the start of
@@ -101,7 +109,7 @@ class PatientBatchSampler:
     """
 
     def __init__(self, patient_ids, lengths, lead_valid=None, lead_names=None, *, block_size: int, batch_size: int,
-                 ecgs_per_patient: int = 2, mode: str = "patient", buffer_blocks: int | None = 8, seed: int = 0,
+                 ecgs_per_patient: int = 2, mode: str = "patient", buffer_blocks: int | None = None, seed: int = 0,
                  drop_last: bool = True, rank: int = 0, world_size: int = 1, min_length: int = 0,
                  required_leads=(), exclude=None):
         self.patient_ids = np.asarray(patient_ids, dtype=np.int64)
@@ -119,8 +127,12 @@ class PatientBatchSampler:
         if mode == "patient" and (int(ecgs_per_patient) != ecgs_per_patient or not 2 <= ecgs_per_patient <= batch_size):
             raise ValueError(f"ecgs_per_patient must be an integer from 2 to batch_size={batch_size}, "
                              f"got {ecgs_per_patient!r}")
-        if buffer_blocks is not None and (int(buffer_blocks) != buffer_blocks or buffer_blocks < 1):
-            raise ValueError(f"buffer_blocks must be a positive integer or None, got {buffer_blocks!r}")
+        if mode == "uniform" and buffer_blocks is not None:
+            raise ValueError(f"buffer_blocks={buffer_blocks!r} applies to mode='patient' only: mode='uniform' "
+                             f"shuffles the whole store, reading records on their own; leave buffer_blocks unset")
+        buffer_blocks = 8 if buffer_blocks is None else buffer_blocks
+        if int(buffer_blocks) != buffer_blocks or buffer_blocks < 1:
+            raise ValueError(f"buffer_blocks must be a positive integer, got {buffer_blocks!r}")
         if not (int(rank) == rank and 0 <= rank < world_size):
             raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
         self.block_size, self.batch_size = int(block_size), int(batch_size)
@@ -128,7 +140,7 @@ class PatientBatchSampler:
         self.mode, self.seed, self.drop_last = mode, int(seed), bool(drop_last)
         self.rank, self.world_size = int(rank), int(world_size)
         self.n_blocks = -(-n // self.block_size)
-        self.buffer_blocks = self.n_blocks if buffer_blocks is None else min(int(buffer_blocks), max(self.n_blocks, 1))
+        self.buffer_blocks = min(int(buffer_blocks), max(self.n_blocks, 1)) if mode == "patient" else None
         self.min_length = int(min_length)
         self.required_leads = tuple(required_leads)
 
@@ -195,6 +207,12 @@ class PatientBatchSampler:
         """Steps per epoch, the same on every rank."""
         return self.steps
 
+    @property
+    def whole_blocks(self) -> bool:
+        """Whether batches come from shuffle buffers of whole blocks (mode "patient"), which the loader reads and keeps
+        whole; otherwise (mode "uniform") it reads each batch's records on their own."""
+        return self.mode == "patient"
+
     def block_range(self, block: int) -> tuple[int, int]:
         """The records [start, stop) of block ``block``."""
         start = int(block) * self.block_size
@@ -232,7 +250,8 @@ class PatientBatchSampler:
             order = np.tile(order, reps)
         lo = self.rank * part
         mine, mine_group = order[lo:lo + part], group[lo:lo + part]
-        mine = mine[_pack(mine_group, self.batch_size)]
+        if self.mode == "patient":  # uniform groups are single records: packing would change nothing
+            mine = mine[_pack(mine_group, self.batch_size)]
 
         b = self.batch_size
         batches = []
@@ -247,27 +266,27 @@ class PatientBatchSampler:
 
     def _epoch_order(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The epoch's global order of eligible records and the group id of each (groups numbered in order)."""
+        rec = np.flatnonzero(self.eligible)
+        if self.mode == "uniform":
+            rec = rng.permutation(rec)
+            return rec, np.arange(len(rec))
         blocks = rng.permutation(self.n_blocks)
         buffer_of_block = np.empty(self.n_blocks, dtype=np.int64)
         buffer_of_block[blocks] = np.arange(self.n_blocks) // self.buffer_blocks
-        rec = np.flatnonzero(self.eligible)
         buf = buffer_of_block[rec // self.block_size]
-        if self.mode == "uniform":
-            chunk = np.arange(len(rec))
-        else:
-            # Each patient's records in random order, cut into groups of K; a lone last record joins the group before.
-            pid = self.patient_ids[rec]
-            srt = np.lexsort((rng.random(len(rec)), pid, buf))
-            rec, buf, pid = rec[srt], buf[srt], pid[srt]
-            new = np.r_[True, (pid[1:] != pid[:-1]) | (buf[1:] != buf[:-1])]
-            start = np.flatnonzero(new)
-            size = np.diff(np.r_[start, len(rec)])
-            first = np.repeat(start, size)
-            size = np.repeat(size, size)
-            k = self.ecgs_per_patient
-            n_groups = np.maximum(size // k + (size % k >= 2), 1)
-            within = np.minimum((np.arange(len(rec)) - first) // k, n_groups - 1)
-            chunk = np.cumsum(np.r_[True, new[1:] | (within[1:] != within[:-1])]) - 1
+        # Each patient's records in random order, cut into groups of K; a lone last record joins the group before.
+        pid = self.patient_ids[rec]
+        srt = np.lexsort((rng.random(len(rec)), pid, buf))
+        rec, buf, pid = rec[srt], buf[srt], pid[srt]
+        new = np.r_[True, (pid[1:] != pid[:-1]) | (buf[1:] != buf[:-1])]
+        start = np.flatnonzero(new)
+        size = np.diff(np.r_[start, len(rec)])
+        first = np.repeat(start, size)
+        size = np.repeat(size, size)
+        k = self.ecgs_per_patient
+        n_groups = np.maximum(size // k + (size % k >= 2), 1)
+        within = np.minimum((np.arange(len(rec)) - first) // k, n_groups - 1)
+        chunk = np.cumsum(np.r_[True, new[1:] | (within[1:] != within[:-1])]) - 1
         # Shuffle the groups inside each buffer; the buffers follow the shuffled block order.
         key = rng.random(chunk[-1] + 1)[chunk]
         srt = np.lexsort((np.arange(len(rec)), key, buf))

@@ -528,13 +528,14 @@ class ECGStore:
         out = np.multiply(raw16, np.float32(self._gain_uv / 1000.0), dtype=np.float32)
         return out if leads is None else select_leads(out, self._lead_names, list(leads))
 
-    def read(self, indices, leads: Iterable[str] | None = None) -> np.ndarray:
+    def read(self, indices, leads: Iterable[str] | None = None, *, raw: bool = False) -> np.ndarray:
         """Records ``indices`` (any order, repeats allowed) as float32 millivolts (B, L, T).
 
         Args:
             indices: record indices.
             leads: lead names to return (default the stored leads); III, aVR, aVL and aVF are derived from I and
                 II when the store does not hold them.
+            raw: return the stored int16 samples instead, as :meth:`read_block` does (stored leads only).
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         self._check_range("indices", idx)
@@ -543,7 +544,7 @@ class ECGStore:
         self._decode(records, out, first)
         repeats = np.flatnonzero(first[inverse] != np.arange(len(idx)))
         out[repeats] = out[first[inverse[repeats]]]
-        return self._finish(out, False, leads)
+        return self._finish(out, raw, leads)
 
     def read_block(self, start: int, stop: int, raw: bool = False, leads: Iterable[str] | None = None) -> np.ndarray:
         """Records ``start:stop`` as float32 millivolts (B, L, T), or with ``raw=True`` the stored int16 samples

@@ -1,4 +1,5 @@
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -48,10 +49,11 @@ def collect(loader, n=None):
     return out
 
 
-def test_batches_match_store_and_reference(store12):
+@pytest.mark.parametrize("mode", ["patient", "uniform"])
+def test_batches_match_store_and_reference(store12, mode):
     store, sig = store12
-    loader = ECGLoader(store, SPEC, PAPER, batch_size=16, threads=2, seed=5)
-    sampler = loader.sampler
+    sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, augment=PAPER, seed=5, mode=mode)
+    loader = ECGLoader(store, SPEC, PAPER, batch_size=16, threads=2, seed=5, sampler=sampler)
     eligible = (store.lengths >= 300) & store.lead_valid[:, LEADS12.index("V2")]
     batches = collect(loader)
     assert len(batches) == len(loader) == len(sampler) == eligible.sum() // 16
@@ -103,15 +105,20 @@ def test_eight_lead_store_derives_leads_and_their_validity():
         assert np.array_equal(lv[:, LEADS12.index("aVF")], valid[idx, 0] & valid[idx, 1])
 
 
-@pytest.mark.parametrize("start,prefetch", [(1, 1), (5, 3)])
-def test_resume_gives_identical_tensors(store12, start, prefetch):
+@pytest.mark.parametrize("start,prefetch,mode", [(1, 1, "patient"), (5, 3, "uniform")])
+def test_resume_gives_identical_tensors(store12, start, prefetch, mode):
     store, _ = store12
-    full = collect(ECGLoader(store, SPEC, PAPER, batch_size=16, seed=3))
-    again = ECGLoader(store, SPEC, PAPER, batch_size=16, seed=3, prefetch=prefetch)
+
+    def loader(**kw):
+        sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, augment=PAPER, seed=3, mode=mode)
+        return ECGLoader(store, SPEC, PAPER, batch_size=16, seed=3, sampler=sampler, **kw)
+
+    full = collect(loader())
+    again = loader(prefetch=prefetch)
     head = collect(again, n=start)
     state = again.state_dict()
     assert state == {"epoch": 0, "step": start}
-    resumed = ECGLoader(store, SPEC, PAPER, batch_size=16, seed=3, prefetch=prefetch)
+    resumed = loader(prefetch=prefetch)
     resumed.load_state_dict(state)
     rest = collect(resumed)
     assert len(head) + len(rest) == len(full)
@@ -122,6 +129,42 @@ def test_resume_gives_identical_tensors(store12, start, prefetch):
     assert resumed.state_dict() == {"epoch": 1, "step": 0}
     nxt = collect(resumed, n=1)[0]
     assert not torch.equal(nxt["index"], full[0]["index"])
+
+
+class CountingStore:
+    """A store that counts the records each kind of read fetched (reads run in several threads at once)."""
+
+    def __init__(self, store):
+        self.inner, self.lock = store, threading.Lock()
+        self.records = Counter()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read_block(self, start, stop, raw=False):
+        with self.lock:
+            self.records["block"] += stop - start
+        return self.inner.read_block(start, stop, raw=raw)
+
+    def read(self, indices, raw=False):
+        with self.lock:
+            self.records["record"] += len(indices)
+        return self.inner.read(indices, raw=raw)
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_uniform_mode_streams_records_prefetch_bounded(store12, prefetch):
+    """A global shuffle reads each batch's records on their own, never whole blocks, and never more than the
+    prefetch ahead of the consumer: what it holds does not grow with the store."""
+    store, _ = store12
+    counting = CountingStore(store)
+    sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, augment=PAPER, mode="uniform")
+    loader = ECGLoader(counting, SPEC, PAPER, batch_size=16, sampler=sampler, prefetch=prefetch)
+    for step, batch in enumerate(loader):
+        # Consumed: step + 1 batches; in the queue: prefetch; being made: 1, reading prefetch + 1 batches past it.
+        assert counting.records["record"] <= (step + 1 + 2 * prefetch + 2) * 16
+    assert counting.records["block"] == 0
+    assert counting.records["record"] == len(loader) * 16
 
 
 def test_held_batches_are_never_overwritten(store12):
@@ -169,30 +212,130 @@ def test_real_records_from_memory_store(data_dir):
     assert seen == 20
 
 
-class FailingStore:
-    """A store whose block reads fail, to see the error reach the training loop."""
+def bounded(fn, seconds=60):
+    """``fn()`` in a thread: its result, or its exception re-raised; a failure (not a hung test) if it does not return
+    within ``seconds``."""
+    box = {}
 
-    def __init__(self, store):
-        self.inner = store
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"no batch and no error within {seconds} s: the loader hangs"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def loader_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith(("ecgfast-loader", "ecgfast-read"))]
+
+
+class FailingStore:
+    """A store whose reads of one record fail, to see the error reach the training loop at that record's batch."""
+
+    def __init__(self, store, bad):
+        self.inner, self.bad = store, bad
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def _check(self, records):
+        if self.bad in set(np.asarray(records).tolist()):
+            raise ValueError(f"record {self.bad} could not be read")
+
     def read_block(self, start, stop, raw=False):
-        raise ValueError(f"records {start}:{stop} could not be read")
+        self._check(range(start, stop))
+        return self.inner.read_block(start, stop, raw=raw)
+
+    def read(self, indices, raw=False):
+        self._check(indices)
+        return self.inner.read(indices, raw=raw)
 
 
-def test_errors_reach_the_consumer_and_threads_stop(store12):
+@pytest.mark.parametrize("mode", ["patient", "uniform"])
+def test_read_errors_reach_the_consumer_at_their_batch(store12, mode):
     store, _ = store12
-    with pytest.raises(ValueError, match=r"records \d+:\d+ could not be read"):
-        collect(ECGLoader(FailingStore(store), SPEC, PAPER, batch_size=16))
-    # Leaving an epoch early stops the producer.
+    sampler = PatientBatchSampler.from_store(store, SPEC, batch_size=16, augment=PAPER, mode=mode)
+    plan = list(sampler.batches(0))
+    bad = int(plan[3].indices[0])
+    # The first batch that needs the bad record's read: its block (read whole) in mode patient, the record itself
+    # in mode uniform.
+    fails = next(s for s, b in enumerate(plan)
+                 if (bad // BLOCK in b.blocks if mode == "patient" else bad in b.indices))
+    loader = ECGLoader(FailingStore(store, bad), SPEC, PAPER, batch_size=16, sampler=sampler, prefetch=2)
+    got = []
+    with pytest.raises(ValueError, match=f"record {bad} could not be read"):
+        bounded(lambda: got.extend(b["index"] for b in loader))
+    assert len(got) == fails and all(torch.equal(g, torch.from_numpy(b.indices)) for g, b in zip(got, plan))
+    assert loader.state_dict() == {"epoch": 0, "step": fails}  # resuming retries the batch that failed
+    assert not loader_threads()
+
+
+def test_leaving_an_epoch_early_stops_the_threads(store12):
+    store, _ = store12
     loader = ECGLoader(store, SPEC, PAPER, batch_size=16, prefetch=1)
     it = iter(loader)
     next(it)
     it.close()
-    assert not [t.name for t in threading.enumerate() if t.name.startswith(("ecgfast-loader", "ecgfast-read"))]
+    assert not loader_threads()
     assert loader.state_dict() == {"epoch": 0, "step": 1}
+
+
+def test_a_producer_that_ends_without_a_word_is_an_error(store12, monkeypatch):
+    store, _ = store12
+    monkeypatch.setattr(ECGLoader, "_produce", lambda self, todo, ready, stop: None)
+    with pytest.raises(RuntimeError, match="producer thread ended without a batch or an error"):
+        bounded(lambda: next(iter(ECGLoader(store, SPEC, PAPER, batch_size=16))))
+
+
+def fake_gpus(monkeypatch, count, current=0, local_rank=None):
+    """torch.cuda says ``count`` GPUs with ``current`` selected (the machine has none: real CUDA calls fail)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+
+@pytest.mark.parametrize("device,count,current,local_rank,want", [
+    ("cuda", 4, 0, 3, 3),  # torchrun's fourth process on a 4-GPU node
+    ("cuda", 4, 2, None, 2),  # torch.cuda.set_device(2), no torchrun
+    ("cuda", 1, 0, 3, 0),  # one visible GPU per process (CUDA_VISIBLE_DEVICES per rank)
+    ("cuda:1", 4, 0, 3, 1),  # an explicit index is kept
+])
+def test_cuda_is_this_process_gpu(store12, monkeypatch, device, count, current, local_rank, want):
+    store, _ = store12
+    fake_gpus(monkeypatch, count, current, local_rank)
+    loader = ECGLoader(store, SPEC, PAPER, batch_size=16, device=device)
+    assert loader.device == torch.device("cuda", want) and loader.pin_memory
+
+
+def test_failing_device_reaches_the_consumer_from_this_process_gpu(store12, monkeypatch):
+    """The producer thread selects the rank's GPU before any CUDA work; this machine's torch has no CUDA, so that
+    work fails, and the error must reach the training loop instead of leaving it waiting for a batch."""
+    store, _ = store12
+    fake_gpus(monkeypatch, count=4, local_rank=3)
+    selected = []
+
+    class RecordingDevice(torch.cuda.device):
+        def __init__(self, device):
+            selected.append((threading.current_thread().name, torch.device(device)))
+            super().__init__(device)
+
+    monkeypatch.setattr(torch.cuda, "device", RecordingDevice)
+    loader = ECGLoader(store, SPEC, PAPER, batch_size=16, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        bounded(lambda: next(iter(loader)))
+    assert selected == [("ecgfast-loader", torch.device("cuda", 3))]
+    assert not loader_threads()
 
 
 def test_bad_arguments(store12):
@@ -211,6 +354,10 @@ def test_bad_arguments(store12):
         ECGLoader(chest_only, ViewSpec(leads=("aVL",), window=100), Augment(), batch_size=8)
     with pytest.raises(ValueError, match="pin_memory=True needs a CUDA device, got device='cpu'"):
         ECGLoader(store, SPEC, PAPER, batch_size=8, pin_memory=True)
+    with pytest.raises(ValueError, match="device='cuda' needs CUDA, which this machine .* does not have"):
+        ECGLoader(store, SPEC, PAPER, batch_size=8, device="cuda")
+    with pytest.raises(ValueError, match="device='gpu0' is not a device"):
+        ECGLoader(store, SPEC, PAPER, batch_size=8, device="gpu0")
     loader = ECGLoader(store, SPEC, PAPER, batch_size=8)
     with pytest.raises(ValueError, match="state step 99 is outside the epoch's"):
         loader.load_state_dict({"epoch": 0, "step": 99})

@@ -101,22 +101,33 @@ def test_patients_paired(k):
     assert s.report(0).paired >= 2 * len(want & together)
 
 
-def test_uniform_mode_mixes_patients():
+def test_uniform_mode_is_a_global_shuffle():
+    """Mode "uniform" permutes the whole store: a record's batch mates are drawn from every eligible record, so
+    same-patient pairs come as often as a global permutation makes them (computed exactly), far less than within
+    buffers of blocks where each patient's records lie together."""
     data = cohort()
     patient_ids = data[0]
+    ok = eligible_mask(data)
+    n, b = int(ok.sum()), 32
     uni, pat = make(data, mode="uniform"), make(data, mode="patient")
-
-    def paired_fraction(s):
-        return s.report(0).paired / (len(s) * 32)
-
-    assert paired_fraction(pat) > 0.6
-    # In a buffer of 8 blocks (~ 120 patients) a random batch of 32 rarely holds two records of one patient.
-    assert paired_fraction(uni) < 0.3
-    glob = make(data, mode="uniform", buffer_blocks=None)
-    spans = [len(b.blocks) for b in glob.batches(0)]
-    assert np.median(spans) > 15  # drawn from all 29 blocks at once
-    first = next(glob.batches(0)).indices
-    assert len(set(patient_ids[first].tolist())) >= 28
+    assert not uni.whole_blocks and pat.whole_blocks and uni.buffer_blocks is None and pat.buffer_blocks == 8
+    # A record in a batch shares it with none of its patient's m - 1 other eligible records with probability
+    # prod_j (n - b - j) / (n - 1 - j), j < m - 1: the batch's other b - 1 slots are a uniform draw of the rest.
+    m = Counter(patient_ids[ok].tolist())
+    p_paired = {k: 1 - np.prod([(n - b - j) / (n - 1 - j) for j in range(k - 1)]) for k in set(m.values())}
+    used = len(uni) * b
+    expected = sum(p_paired[m[p]] for p in patient_ids[ok].tolist()) * used / n
+    epochs = range(20)
+    measured = np.mean([uni.report(e).paired for e in epochs])
+    assert abs(measured - expected) < 0.12 * expected
+    assert np.mean([pat.report(e).paired for e in epochs]) > 5 * expected
+    # Every batch is drawn from the whole store at once (29 blocks), not from a buffer of 8 of them.
+    spans = [len(batch.blocks) for batch in uni.batches(0)]
+    assert np.median(spans) > 15
+    # Each record's slot in the epoch is uniform: over epochs, the first records of the store land everywhere.
+    slots = [np.flatnonzero(np.concatenate([x.indices for x in uni.batches(e)]) == np.flatnonzero(ok)[0])
+             for e in range(40)]
+    assert np.std(np.concatenate(slots)) > 0.2 * used
 
 
 def test_resume_reproduces_rest_of_epoch():
@@ -187,7 +198,8 @@ def test_needed_leads_derives_limb_leads():
     (dict(ecgs_per_patient=1), "ecgs_per_patient must be an integer from 2"),
     (dict(ecgs_per_patient=40), "ecgs_per_patient must be an integer from 2 to batch_size=32"),
     (dict(rank=2, world_size=2), r"rank must be an integer in \[0, world_size=2\)"),
-    (dict(buffer_blocks=0), "buffer_blocks must be a positive integer or None"),
+    (dict(buffer_blocks=0), "buffer_blocks must be a positive integer, got 0"),
+    (dict(mode="uniform", buffer_blocks=8), "buffer_blocks=8 applies to mode='patient' only"),
     (dict(min_length=6000), "no record is long enough: .*min_length=6000.* has 5000"),
     (dict(required_leads=["X"]), "'X' is neither stored"),
     (dict(batch_size=2000, drop_last=True), "drop_last=True leaves no full step"),
