@@ -69,8 +69,11 @@ class DownstreamConfig:
 
     Scoring: ``level`` 'record' scores every ECG, 'patient' one score per patient (the mean of its ECGs' logits,
     positive if any ECG is). ``n_boot`` bootstrap replicates of the test patients, drawn once from ``boot_seed``
-    and shared by every arm and seed; with ``resample_seeds`` each replicate also resamples the seeds, so the
-    interval of a mean over seeds covers the training randomness too. ``alpha`` 0.05 gives 95% intervals.
+    and shared by every arm and seed: a mean over seeds (or a paired difference of two arms, pooled over seeds) is
+    computed on each replicate, and its interval covers the sampling of the test patients given the seeds' models.
+    With ``resample_seeds`` each replicate also resamples the seeds, so that the interval covers the training
+    randomness too (initialisation, which patients were labelled); with few seeds that part is rough. The spread
+    over seeds is reported beside the means (``*_seed_sd``). ``alpha`` 0.05 gives 95% intervals.
 
     ``workers`` > 1 trains runs in that many processes of one thread each (Linux; small networks on CPU train
     faster so than with threads inside one process). ``min_positives`` is the least number of patients of each
@@ -94,7 +97,7 @@ class DownstreamConfig:
     level: str = "record"
     n_boot: int = 1000
     boot_seed: int = 0
-    resample_seeds: bool = True
+    resample_seeds: bool = False
     alpha: float = 0.05
     workers: int = 1
     device: str = "cpu"
@@ -373,6 +376,10 @@ def _run_all(task: _Task, jobs: list[tuple], desc: str) -> list[dict]:
     return out
 
 
+def _sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
 def _interval(reps: np.ndarray, alpha: float) -> tuple[float, float]:
     reps = reps[np.isfinite(reps)]
     if not len(reps):
@@ -469,6 +476,7 @@ def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndar
     if config.resample_seeds and n_seeds > 1:
         seed_counts = rng(config.boot_seed, BOOTSTRAP_STREAM, 1).multinomial(
             n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=config.n_boot).astype(np.float64)
+    interval_over = "test patients and seeds" if seed_counts is not None else "test patients"
     ones = np.ones((1, len(y_test)))
     stats = {}
     for metric in ("auroc", "auprc"):
@@ -487,8 +495,10 @@ def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndar
         row = {"task": task, "arm": arm, "fraction": fraction, "n_seeds": n_seeds}
         for metric, (point, reps) in stats.items():
             mean, lo, hi = seed_mean_interval(point[rows], reps[rows], seed_counts, alpha=config.alpha)
-            row.update({f"test_{metric}": mean, f"test_{metric}_lo": lo, f"test_{metric}_hi": hi})
+            row.update({f"test_{metric}": mean, f"test_{metric}_lo": lo, f"test_{metric}_hi": hi,
+                        f"test_{metric}_seed_sd": _sd(point[rows])})
         row.update({k: first[k] for k in ("level", "n_train_patients", "n_train_positives", "enlarged", "same_as")})
+        row["interval_over"] = interval_over
         row["budget_hits"] = sum(r["stopped_by"] == "budget" for r in runs[rows])
         summary.append(row)
     differences = []
@@ -502,9 +512,10 @@ def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndar
                 mean, lo, hi = seed_mean_interval(point[a] - point[b], reps[a] - reps[b], seed_counts,
                                                   alpha=config.alpha)
                 prefix = "diff" if metric == "auroc" else "diff_auprc"
-                row.update({f"diff_{metric}": mean, f"{prefix}_lo": lo, f"{prefix}_hi": hi})
+                row.update({f"diff_{metric}": mean, f"{prefix}_lo": lo, f"{prefix}_hi": hi,
+                            f"{prefix}_seed_sd": _sd(point[a] - point[b])})
             row.update({"n_seeds": n_seeds, "level": config.level, "enlarged": runs[a.start]["enlarged"],
-                        "same_as": runs[a.start]["same_as"]})
+                        "same_as": runs[a.start]["same_as"], "interval_over": interval_over})
             differences.append(row)
     return Evaluation(runs, summary, differences)
 

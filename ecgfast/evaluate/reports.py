@@ -52,8 +52,8 @@ def format_table(evaluation: Evaluation) -> str:
     """The printed summary: test AUROC (AUPRC) per arm, then the paired differences, one line per task x fraction.
 
     Means over seeds; the differences carry their 95% intervals (bootstrap over test patients, shared by every arm
-    and seed, and over seeds). The footer says how many runs stopped at the step budget rather than by early
-    stopping.
+    and seed, and over seeds if the config resampled them). The footer says how many runs stopped at the step
+    budget rather than by early stopping.
     """
     summary, diffs = evaluation.summary, evaluation.differences
     if not summary:
@@ -89,8 +89,8 @@ def format_table(evaluation: Evaluation) -> str:
                 d = diff.get((task, fraction, a, b))
                 cells.append(f"{d['diff_auroc']:+.3f} [{d['diff_lo']:+.3f}, {d['diff_hi']:+.3f}]" if d else "-")
             lines.append(f"{task:<16} {_fraction_label(first):>7} " + " ".join(f"{c:>{width}}" for c in cells))
-        lines.append("paired differences of test AUROC, mean over seeds [95% interval: bootstrap over test patients "
-                     "and seeds]")
+        over = " and ".join(sorted({d.get("interval_over", "test patients") for d in diffs}))
+        lines.append(f"paired differences of test AUROC, mean over seeds [95% interval: bootstrap over {over}]")
     if any(r["enlarged"] for r in summary):
         lines.append("* enlarged to the minimum number of positive (and negative) patients")
     if any(r.get("same_as") is not None for r in summary):
