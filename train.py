@@ -1,15 +1,22 @@
 """Contrastive pretraining of an ECG encoder, then what it buys on labeled tasks when labels are scarce.
 
-    python train.py                                  # the demo: synthetic cohort -> pretrain -> evaluate -> report
-    python train.py --vcg-residual --seed 1          # any setting below as --name value
-    python train.py pretrain --data STORE --preset paper [--resume]
-    python train.py evaluate --data STORE --checkpoint runs/NAME/pretrain.pt
-    python train.py embed --data STORE --checkpoint runs/NAME/pretrain.pt --out features.npy
-    torchrun --nproc_per_node=G train.py pretrain --data STORE --preset paper   # negatives span the global batch
+    python train.py                                   # the demo: synthetic cohort -> pretrain -> evaluate -> report
+    python train.py --seed 1 --vcg-residual           # any setting below as --name value
+    ecgfast ingest ../shared/data/cpsc2018 runs/cpsc.zarr --split
+    python train.py pretrain --data runs/cpsc.zarr --batch-size 16 --name cpsc
+    python train.py embed --data runs/cpsc.zarr --checkpoint runs/cpsc/pretrain.pt --out-features cpsc.npy
+    ecgfast ingest ../shared/data/cinc2021 runs/cinc_dx.zarr --labels-from-dx
+    python train.py evaluate --data runs/cinc_dx.zarr --tasks dx_426783006 --checkpoint runs/cpsc/pretrain.pt
+    python train.py pretrain --data STORE --preset paper
+    torchrun --nproc_per_node=8 train.py pretrain --data STORE --preset paper
 
-Everything lands in runs/<name>/: config.json, split.json, pretrain.pt, pretrain_log.csv, tb/ (TensorBoard),
-results.csv, results.json and auroc.png. The library does the work: ecgfast.store -> ecgfast.loader (views,
-augment, sampling) -> ecgfast.models -> ecgfast.losses, and ecgfast.evaluate for the downstream protocol.
+`pretrain` needs no labels: with tasks labelled in the store, their test patients are held out; without, every record
+pretrains. `evaluate` and `embed` take the model, width, fs and window from the checkpoint. Outputs land in
+runs/<name>/ (default name: <preset>-<data>-seed<seed>): config.json, split.json, pretrain.pt, pretrain_log.csv,
+tb/ (TensorBoard), results.csv, results.json, auroc.png. A run folder made for other data, another preset or seed,
+and an existing checkpoint, are refused unless --overwrite (or --resume) says what to do with them. The library does
+the work: ecgfast.store -> ecgfast.loader (views, augment, sampling) -> ecgfast.models -> ecgfast.losses, and
+ecgfast.evaluate for the downstream protocol.
 """
 
 from __future__ import annotations
@@ -19,86 +26,132 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ecgfast.models import MODELS
+
 # ------------------------------------------------------------------------------------------------------ settings
+
+
+def opt(default, help: str):
+    """A setting with its --help line (the default shown is the demo preset's; other presets' values follow)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Config:
-    # data: None trains on the synthetic cohort, built once and cached under `cache`
-    data: str | None = None
-    cache: str = "data"
-    patients: int = 1000  # synthetic cohort: patients, 1-5 ECGs each (3 on average)
-    seed: int = 0  # seeds everything, the synthetic cohort included
-    fs: float = 100.0
-    window_s: float = 2.5
+    # data
+    data: str | None = opt(None, "the ECG store to train on (path or fsspec URL); default: the synthetic cohort")
+    cache: str = opt("data", "folder where the synthetic cohort is written once and reused")
+    patients: int = opt(1000, "synthetic cohort: patients (1-5 ECGs each, 3 on average)")
+    seed: int = opt(0, "seeds everything: the synthetic cohort, the split, sampling, augmentation, weights")
+    fs: float = opt(100.0, "sampling rate of the views, Hz (with --data: the store's rate; evaluate, embed: the "
+                           "checkpoint's)")
+    window_s: float = opt(2.5, "length of the views, seconds (evaluate, embed: the checkpoint's)")
     # model
-    model: str = "dual"  # "dual" (one stream per lead group, V = 2 x copies) or "single" (V = 8 x copies)
-    width: float = 1 / 32
-    dropout: float = 0.1
+    model: str = opt("dual", "dual: one stream per lead group (V = 2 x copies); single: one per lead (V = 8 x copies)")
+    width: float = opt(1 / 32, "channel multiplier of TemporalNet (1 = the paper's 512 features; 1/32 gives 16)")
+    dropout: float = opt(0.1, "dropout of the encoder")
     # pretraining
-    loss: str = "clocs"  # clocs | supcon | ntxent
-    temperature: float = 0.1
-    copies: int = 2
-    vcg_residual: bool = False  # keep the non-dipolar part of the ECG in the VCG augmentation
-    sampling: str = "uniform"  # "uniform" (the authors') or "patient" (P patients x 2 ECGs per batch)
-    batch_size: int = 128
-    lr: float = 1e-3
-    adam_eps: float = 1e-8
-    clip: float = 1.0
-    epochs: int = 20
-    max_steps: int | None = None  # stop pretraining after this many steps in all (a resumable stop)
-    checkpoint_every: int = 100  # steps
+    loss: str = opt("clocs", "contrastive loss")
+    temperature: float = opt(0.1, "temperature of the contrastive loss")
+    copies: int = opt(2, "augmented copies of each ECG (ntxent: 2)")
+    vcg_residual: bool = opt(False, "keep the non-dipolar part of the ECG in the VCG augmentation")
+    sampling: str = opt("uniform", "uniform: records shuffled one by one (the authors'); patient: P patients x 2 ECGs")
+    batch_size: int = opt(128, "pretraining batch, records per rank")
+    lr: float = opt(1e-3, "Adam learning rate of pretraining")
+    adam_eps: float = opt(1e-8, "Adam epsilon of pretraining")
+    clip: float = opt(1.0, "gradient norm clip")
+    epochs: int = opt(20, "pretraining epochs")
+    max_steps: int | None = opt(None, "stop pretraining after this many steps in all (resumable); none: no cap")
+    checkpoint_every: int = opt(100, "steps between checkpoints")
     # downstream evaluation
-    tasks: tuple[str, ...] = ("low_lvef", "high_potassium")
-    fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.50, 1.0)
-    downstream_epochs: tuple[int, ...] = (40, 30, 20, 12, 8)
-    downstream_seeds: int = 3
-    downstream_max_steps: int | None = 50
-    downstream_patience: int | None = 4
-    lr_random: float = 1e-3
-    lr_frozen: float = 0.02
-    lr_backbone: float = 1e-4
-    lr_head: float = 0.02
+    tasks: tuple[str, ...] = opt(("low_lvef", "high_potassium"),
+                                 "labels of the store to evaluate on; pretrain holds their test patients out")
+    fractions: tuple[float, ...] = opt((0.01, 0.05, 0.10, 0.50, 1.0), "label fractions of the training patients")
+    downstream_epochs: tuple[int, ...] = opt((40, 30, 20, 12, 8), "epochs per label fraction (one per --fractions)")
+    downstream_seeds: int = opt(3, "seeds per arm and fraction: --seed, --seed + 1, ... (--preset paper: 42-46)")
+    downstream_max_steps: int | None = opt(50, "step cap per downstream run; none: no cap")
+    downstream_patience: int | None = opt(4, "early stopping after this many epochs without a better val AUROC; "
+                                             "none: never")
+    lr_random: float = opt(1e-3, "learning rate of the randomly initialized arm")
+    lr_frozen: float = opt(0.02, "learning rate of the frozen arm's head")
+    lr_backbone: float = opt(1e-4, "learning rate of the fine-tuned arm's encoder")
+    lr_head: float = opt(0.02, "learning rate of the fine-tuned arm's head")
     # run
-    out: str = "runs"
-    name: str | None = None  # default: <preset>-seed<seed>
-    checkpoint: str | None = None  # evaluate/embed: the pretrained checkpoint (default: the run's pretrain.pt)
-    resume: bool = False
-    device: str = "auto"
-    threads: int | None = None  # augmentation threads (default: every core)
-    preset: str = "demo"
+    out: str = opt("runs", "folder of the run folders")
+    name: str | None = opt(None, "run folder under --out; default: <preset>-<data>-seed<seed>")
+    checkpoint: str | None = opt(None, "evaluate, embed: the pretrained checkpoint (default: the run's pretrain.pt)")
+    resume: bool = opt(False, "pretrain: continue the run's checkpoint")
+    overwrite: bool = opt(False, "replace what train.py wrote in the run folder (a checkpoint evaluate or embed "
+                                 "reads is kept), or embed's --out-features file")
+    device: str = opt("auto", "auto (CUDA when there is one), cpu, cuda or cuda:N")
+    threads: int | None = opt(None, "augmentation threads; none: every core")
+    preset: str = opt("demo", "the settings every option starts from (see presets below)")
 
 
-PRESETS = {
-    # Small enough for a 2-core CPU in minutes; the same code path as the paper's preset.
-    "demo": {},
-    # Dade et al.: 8 leads at 500 Hz, 5 s windows, two augmented copies, dual stream, CLOCS, uniform sampling.
-    "paper": dict(fs=500.0, window_s=5.0, width=1.0, dropout=0.5, batch_size=512, lr=1e-4, adam_eps=1e-4, epochs=200,
-                  sampling="uniform", downstream_epochs=(70, 50, 30, 20, 20), downstream_seeds=5,
-                  downstream_max_steps=None, downstream_patience=None),
-    # Seconds, for the tests.
-    "micro": dict(patients=60, fs=50.0, window_s=2.0, width=1 / 32, batch_size=16, epochs=1, checkpoint_every=2,
-                  fractions=(0.1, 1.0), downstream_epochs=(2, 2), downstream_seeds=1, downstream_max_steps=4,
-                  tasks=("low_lvef",)),
+PRESETS = {  # name: (what it is for, the settings it changes)
+    "demo": ("the default: the synthetic cohort, pretraining and the downstream protocol in about 8 minutes on a "
+             "2-core CPU", {}),
+    "paper": ("Dade et al.: 8 leads at 500 Hz, 5 s windows, two augmented copies, dual stream, CLOCS, uniform "
+              "sampling (a GPU's work)",
+              dict(fs=500.0, window_s=5.0, width=1.0, dropout=0.5, batch_size=512, lr=1e-4, adam_eps=1e-4, epochs=200,
+                   sampling="uniform", downstream_epochs=(70, 50, 30, 20, 20), downstream_seeds=5,
+                   downstream_max_steps=None, downstream_patience=None)),
+    "micro": ("seconds, for tests: the same code path at a tiny size",
+              dict(patients=60, fs=50.0, window_s=2.0, width=1 / 32, batch_size=16, epochs=1, checkpoint_every=2,
+                   fractions=(0.1, 1.0), downstream_epochs=(2, 2), downstream_seeds=1, downstream_max_steps=4,
+                   tasks=("low_lvef",))),
 }
 PAPER_SEEDS = (42, 43, 44, 45, 46)
+SYNTH_SECONDS = 10.0  # the synthetic cohort's ECGs
+COMMANDS = ("demo", "pretrain", "evaluate", "embed")
+LOSSES = ("clocs", "supcon", "ntxent")
+SAMPLING = ("uniform", "patient")
+# evaluate and embed read these from the checkpoint; a different value on the command line is refused.
+CHECKPOINT_SETTINGS = ("model", "width", "fs", "window_s")
+# A resumed pretraining follows the same trajectory only with these unchanged.
+RESUME_SETTINGS = ("model", "width", "dropout", "fs", "window_s", "loss", "temperature", "copies", "vcg_residual",
+                   "sampling", "batch_size", "lr", "adam_eps", "clip", "seed", "patients")
+# Everything train.py writes in a run folder (--overwrite removes these and nothing else).
+RUN_OUTPUTS = ("config.json", "split.json", "pretrain.pt", "pretrain.tmp", "pretrain_log.csv", "tb", "results.csv",
+               "results.json", "auroc.png")
 
 # ------------------------------------------------------------------------------------------------------ the parts
 
 
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def show(value) -> str:
+    """A setting as it is typed on the command line."""
+    if isinstance(value, (tuple, list)):
+        return " ".join(map(show, value))
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def data_identity(cfg: Config) -> tuple[str, str]:
+    """The data a run is made for: (the tag in default run names, the full identity kept in config.json)."""
+    if cfg.data is None:
+        return (f"synth-p{cfg.patients}-{cfg.fs:g}hz",
+                f"synthetic cohort: {cfg.patients} patients, seed {cfg.seed}, {cfg.fs:g} Hz")
+    stem = Path(cfg.data.rstrip("/")).name.removesuffix(".zarr")
+    return stem, cfg.data.rstrip("/") if "://" in cfg.data else str(Path(cfg.data).resolve())
+
+
 def run_dir(cfg: Config) -> Path:
-    path = Path(cfg.out) / (cfg.name or f"{cfg.preset}-seed{cfg.seed}")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(cfg.out) / (cfg.name or f"{cfg.preset}-{data_identity(cfg)[0]}-seed{cfg.seed}")
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -119,16 +172,13 @@ def open_data(cfg: Config):
         from ecgfast.synth import write_cohort
 
         tmp = path.with_name(path.name + ".partial")
-        write_cohort(tmp, cfg.patients, fs=cfg.fs, seconds=10.0, leads=12, seed=cfg.seed, overwrite=True)
+        write_cohort(tmp, cfg.patients, fs=cfg.fs, seconds=SYNTH_SECONDS, leads=12, seed=cfg.seed, overwrite=True)
         tmp.rename(path)  # a cohort interrupted half-way is rebuilt, never reused
     return ECGStore.open(path)
 
 
 def make_model(cfg: Config) -> torch.nn.Module:
-    from ecgfast.models import DualStreamTemporalNet, SingleStreamTemporalNet
-
-    cls = {"dual": DualStreamTemporalNet, "single": SingleStreamTemporalNet}[cfg.model]
-    return cls(width=cfg.width, dropout=cfg.dropout)
+    return MODELS[cfg.model](width=cfg.width, dropout=cfg.dropout)
 
 
 def window(cfg: Config) -> int:
@@ -136,20 +186,18 @@ def window(cfg: Config) -> int:
 
 
 def load_split(cfg: Config, store, path: Path):
-    """One patient-level split for every task, stratified by their labels together, saved beside the run."""
+    """One patient-level split for every task, stratified by their labels together (kept in the run's split.json);
+    None when there is no task to hold test patients out for."""
     from ecgfast.evaluate import PatientSplit, patient_split
 
     file = path / "split.json"
-    if file.exists():
+    if file.exists() and not cfg.overwrite:
         return PatientSplit.from_json(file.read_text())
-    missing = [t for t in cfg.tasks if t not in store.labels]
-    if missing:
-        raise ValueError(f"tasks {missing} have no labels in the store (it has {sorted(store.labels)})")
+    if not cfg.tasks:
+        return None
     # Stratify on the combination of the tasks' labels (unknown counts as negative here only).
     strata = sum((np.nan_to_num(store.labels[t]) > 0.5).astype(int) << k for k, t in enumerate(cfg.tasks))
-    split = patient_split(store.patient_ids, strata > 0, seed=cfg.seed)
-    file.write_text(split.to_json())
-    return split
+    return patient_split(store.patient_ids, strata > 0, seed=cfg.seed)
 
 
 def contrastive_loss(cfg: Config, z: torch.Tensor, patient_id: torch.Tensor, gather: bool) -> torch.Tensor:
@@ -160,10 +208,9 @@ def contrastive_loss(cfg: Config, z: torch.Tensor, patient_id: torch.Tensor, gat
         return clocs_loss(z, patient_id, **opts)
     if cfg.loss == "supcon":
         return supcon_loss(z, patient_id, **opts)
-    if cfg.loss == "ntxent":  # copy 1 against copy 2 of each stream (or lead), averaged over them
-        s = z.shape[1] // cfg.copies
-        return sum(ntxent_loss(z[:, [k, s + k]], **opts) for k in range(s)) / s
-    raise ValueError(f"--loss must be clocs, supcon or ntxent, got {cfg.loss!r}")
+    # ntxent: copy 1 against copy 2 of each stream (or lead), averaged over them
+    s = z.shape[1] // cfg.copies
+    return sum(ntxent_loss(z[:, [k, s + k]], **opts) for k in range(s)) / s
 
 
 class Embedder(torch.nn.Module):
@@ -177,27 +224,57 @@ class Embedder(torch.nn.Module):
         return self.model.embed(x)
 
 
-def pretrain(cfg: Config, store, split, path: Path) -> Path:
-    """Contrastive pretraining on every patient outside the downstream test split; returns the checkpoint."""
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def view_spec(cfg: Config):
+    from ecgfast.leads import LEADS8
+    from ecgfast.views import ViewSpec
+
+    return ViewSpec(leads=LEADS8, fs=cfg.fs, window=window(cfg), copies=cfg.copies)
+
+
+def make_sampler(cfg: Config, store, split):
+    """This rank's batches of every record outside the split's test patients (all records without a split)."""
+    from ecgfast.augment import Augment
+    from ecgfast.sampling import PatientBatchSampler
+
+    rank, world = rank_and_world()
+    exclude = None if split is None else np.isin(store.patient_ids, split.test)
+    opts = dict(augment=Augment.paper(keep_residual=cfg.vcg_residual), batch_size=cfg.batch_size, seed=cfg.seed,
+                rank=rank, world_size=world, mode=cfg.sampling, exclude=exclude)
+    try:
+        return PatientBatchSampler.from_store(store, view_spec(cfg), **opts)
+    except ValueError:
+        # Built again keeping a short last batch: its own error, if it has one, is about the data; otherwise the only
+        # fault was a batch larger than the records, which train.py names by its option.
+        sampler = PatientBatchSampler.from_store(store, view_spec(cfg), **opts, drop_last=False)
+        per_rank = f" on each of {world} ranks" if world > 1 else ""
+        left_out = "".join(f"; {n} {why}" for n, why in ((sampler.n_excluded, "held out as test patients"),
+                                                          (sampler.n_short, "shorter than the window"),
+                                                          (sampler.n_missing_leads, "missing a lead")) if n)
+        raise ValueError(f"--batch-size {cfg.batch_size}{per_rank} is more than the {sampler.n_eligible} records "
+                         f"pretraining can use (of {len(store)}{left_out}): pass --batch-size "
+                         f"{sampler.n_eligible // world} or less") from None
+
+
+def pretrain(cfg: Config, store, sampler, path: Path, resume: dict | None) -> Path:
+    """Contrastive pretraining on the sampler's records, from ``resume`` (a checkpoint) if given; returns the
+    checkpoint's path."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
     from ecgfast.augment import Augment
-    from ecgfast.leads import LEADS8
     from ecgfast.loader import ECGLoader
-    from ecgfast.sampling import PatientBatchSampler
-    from ecgfast.views import ViewSpec
 
-    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    distributed = torch.distributed.is_initialized()
+    rank, world = rank_and_world()
     device = device_of(cfg)
-    spec = ViewSpec(leads=LEADS8, fs=cfg.fs, window=window(cfg), copies=cfg.copies)
-    augment = Augment.paper(keep_residual=cfg.vcg_residual)
-    sampler = PatientBatchSampler.from_store(
-        store, spec, augment=augment, batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world,
-        mode=cfg.sampling, exclude=np.isin(store.patient_ids, split.test))
-    loader = ECGLoader(store, spec, augment, batch_size=cfg.batch_size, sampler=sampler, device=device,
-                       threads=cfg.threads, seed=cfg.seed)
+    loader = ECGLoader(store, view_spec(cfg), Augment.paper(keep_residual=cfg.vcg_residual),
+                       batch_size=cfg.batch_size, sampler=sampler, device=device, threads=cfg.threads, seed=cfg.seed)
 
     model = make_model(cfg).to(device)
     model.classifier.requires_grad_(False)  # the downstream head has no part in pretraining (DDP insists)
@@ -206,26 +283,33 @@ def pretrain(cfg: Config, store, split, path: Path) -> Path:
         embed = torch.nn.parallel.DistributedDataParallel(embed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, eps=cfg.adam_eps)
     ckpt_path = path / "pretrain.pt"
-    if cfg.resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["loader"])
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        loader.load_state_dict(resume["loader"])
     step = loader.state_dict()["epoch"] * len(loader) + loader.state_dict()["step"]
     total = cfg.epochs * len(loader) if cfg.max_steps is None else min(cfg.epochs * len(loader), cfg.max_steps)
 
     def save():
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-                     "step": step, "config": dataclasses.asdict(cfg)}
+                     "step": step, "data": data_identity(cfg)[1], "config": dataclasses.asdict(cfg)}
             torch.save(state, ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)  # never a half-written checkpoint
 
-    log_file = open(path / "pretrain_log.csv", "a", newline="") if rank == 0 else None
-    log = csv.writer(log_file) if log_file else None
-    if log_file and log_file.tell() == 0:
-        log.writerow(["step", "epoch", "loss", "ecgs_per_s", "data_wait_s", "compute_s"])
-    tb = SummaryWriter(path / "tb") if rank == 0 else None
+    log = tb = None
+    if rank == 0:
+        # One run per log: a fresh run starts both anew; a resumed one drops what came after its checkpoint.
+        log_path = path / "pretrain_log.csv"
+        rows = list(csv.reader(open(log_path, newline=""))) if resume is not None and log_path.exists() else []
+        rows = [["step", "epoch", "loss", "ecgs_per_s", "data_wait_s", "compute_s"]] + \
+            [r for r in rows[1:] if r and int(r[0]) <= step]
+        log_file = open(log_path, "w", newline="")
+        log = csv.writer(log_file)
+        log.writerows(rows)
+        if resume is None:
+            shutil.rmtree(path / "tb", ignore_errors=True)
+        tb = SummaryWriter(path / "tb", purge_step=step)
     bar = tqdm(total=total, initial=step, desc="pretrain", disable=rank != 0, unit="step")
     model.train()
     while step < total:
@@ -279,19 +363,38 @@ def center_windows(store, idx: np.ndarray, n: int) -> np.ndarray:
     return np.stack([x[b, :, s:s + n] for b, s in enumerate(starts)])
 
 
-def load_encoder(cfg: Config, path: Path) -> dict:
-    file = Path(cfg.checkpoint) if cfg.checkpoint else path / "pretrain.pt"
-    if not file.exists():
-        raise ValueError(f"no pretrained checkpoint at {file}: run `python train.py pretrain` first or pass "
-                         f"--checkpoint")
-    return torch.load(file, map_location="cpu", weights_only=False)["model"]
+def checkpoint_file(cfg: Config, path: Path) -> Path:
+    return Path(cfg.checkpoint) if cfg.checkpoint else path / "pretrain.pt"
 
 
-def evaluate(cfg: Config, store, split, path: Path) -> list[dict]:
+def checkpoint_settings(cfg: Config, explicit: set[str], file: Path, given: bool) -> tuple[Config, dict]:
+    """The pretrained weights of ``file`` (train.py's, or Dade et al.'s released files) and ``cfg`` with their
+    model, width, fs and window; a different value given on the command line is refused, naming both. ``given``: the
+    file was named by --checkpoint (else it is the run's own)."""
+    from ecgfast.models import load_checkpoint
+
+    if not file.is_file():
+        raise ValueError(f"--checkpoint {file}: no such file" if given else
+                         f"no pretrained checkpoint at {file}: pass --checkpoint FILE, or run `python train.py "
+                         f"pretrain` with the same options first")
+    ckpt = load_checkpoint(file)  # a file that does not fit its architecture is a ValueError naming the tensors
+    saved = {**ckpt.settings, "model": ckpt.kind, "width": ckpt.width}
+    for key in CHECKPOINT_SETTINGS:
+        if key in explicit and getattr(cfg, key) != saved[key]:
+            what = f"a {saved[key]}-stream network" if key == "model" else f"{flag(key)} {show(saved[key])}"
+            raise ValueError(f"{flag(key)} {show(getattr(cfg, key))} conflicts with the checkpoint {file}, which was "
+                             f"pretrained as {what}: omit {flag(key)} (evaluate and embed take it from the "
+                             f"checkpoint)")
+    cfg = dataclasses.replace(cfg, **{key: saved[key] for key in CHECKPOINT_SETTINGS})
+    print(f"checkpoint {file} ({ckpt.source}): --model {cfg.model} --width {cfg.width:g} --fs {cfg.fs:g} "
+          f"--window-s {cfg.window_s:g}")
+    return cfg, ckpt.state_dict
+
+
+def evaluate(cfg: Config, store, split, path: Path, pretrained: dict) -> list[dict]:
     """The downstream protocol for every task: three arms x label fractions x seeds; writes and prints results."""
     from ecgfast.evaluate import DownstreamConfig, format_table, run_protocol, write_results
 
-    pretrained = load_encoder(cfg, path)
     seeds = PAPER_SEEDS if cfg.preset == "paper" else tuple(cfg.seed + k for k in range(cfg.downstream_seeds))
     dcfg = DownstreamConfig(fractions=cfg.fractions, epochs=cfg.downstream_epochs, seeds=seeds,
                             lr_random=cfg.lr_random, lr_probe=cfg.lr_frozen, lr_backbone=cfg.lr_backbone,
@@ -315,81 +418,306 @@ def evaluate(cfg: Config, store, split, path: Path) -> list[dict]:
 
 
 @torch.no_grad()
-def embed_store(cfg: Config, store, path: Path, out: str) -> None:
-    """Encoder features (512 per record, from the middle window) of every record of the store, as .npy."""
+def embed_store(cfg: Config, store, pretrained: dict, out: Path) -> None:
+    """Encoder features (512 per record at width 1, from the middle window) of every record of the store, as .npy."""
     from tqdm.auto import tqdm
 
     model = make_model(cfg)
-    model.load_state_dict(load_encoder(cfg, path))
+    model.load_state_dict(pretrained)
     model.eval()
     n, block = len(store), store.chunk_records
+    out.parent.mkdir(parents=True, exist_ok=True)
     feats = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, model.n_features))
     for start in tqdm(range(0, n, block), desc="embed", unit="block"):
         idx = np.arange(start, min(start + block, n))
         feats[idx] = model.features(torch.from_numpy(center_windows(store, idx, window(cfg)))).numpy()
     feats.flush()
-    Path(out).with_suffix(".record_ids.txt").write_text("\n".join(map(str, store.record_ids)) + "\n")
-    print(f"wrote {n} x {model.n_features} features to {out} (rows in the order of {Path(out).stem}.record_ids.txt)")
+    out.with_suffix(".record_ids.txt").write_text("\n".join(map(str, store.record_ids)) + "\n")
+    print(f"wrote {n} x {model.n_features} features to {out} (rows in the order of {out.stem}.record_ids.txt)")
+
+
+# ------------------------------------------------------------------------------------------------------ the checks
+
+
+def check_options(command: str, cfg: Config, args: argparse.Namespace) -> None:
+    """Everything that can be said about the options alone, before any data is touched."""
+    def need(ok: bool, key: str, what: str):
+        if not ok:
+            value = getattr(cfg, key)
+            raise ValueError(f"{flag(key)}{'' if isinstance(value, bool) else ' ' + show(value)}: {what}")
+
+    for key in ("patients", "batch_size", "epochs", "checkpoint_every", "copies", "downstream_seeds"):
+        need(getattr(cfg, key) >= 1, key, "must be 1 or more")
+    for key in ("fs", "window_s", "width", "temperature", "lr", "adam_eps", "clip", "lr_random", "lr_frozen",
+                "lr_backbone", "lr_head"):
+        need(getattr(cfg, key) > 0, key, "must be positive")
+    for key in ("max_steps", "downstream_max_steps", "downstream_patience", "threads"):
+        need(getattr(cfg, key) is None or getattr(cfg, key) >= 1, key, "must be 1 or more (or none)")
+    need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+    need(cfg.batch_size >= 2, "batch_size", "contrastive pretraining needs 2 records or more per batch")
+    need(cfg.loss != "ntxent" or cfg.copies == 2, "copies", "--loss ntxent contrasts exactly 2 copies: pass --copies 2")
+    need(all(0 < f <= 1 for f in cfg.fractions), "fractions", "each must be in (0, 1]")
+    need(all(e >= 1 for e in cfg.downstream_epochs), "downstream_epochs", "each must be 1 or more")
+    need(len(cfg.downstream_epochs) == len(cfg.fractions), "downstream_epochs",
+         f"needs one value per --fractions value ({len(cfg.fractions)} of them: {show(cfg.fractions)})")
+    if cfg.device != "auto":
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            raise ValueError(f"--device {cfg.device}: must be auto, cpu, cuda or cuda:N") from None
+        need(device.type in ("cpu", "cuda"), "device", "must be auto, cpu, cuda or cuda:N")
+        need(device.type != "cuda" or torch.cuda.is_available(), "device",
+             "this machine has no CUDA device: pass --device cpu (or auto)")
+    if command in ("demo", "pretrain"):
+        need(cfg.checkpoint is None, "checkpoint", f"{command} writes the run's own pretrain.pt; --checkpoint is for "
+                                                   f"evaluate and embed")
+    else:
+        need(not cfg.resume, "resume", "only pretrain (and the demo) resume a checkpoint")
+    if command in ("demo", "evaluate"):
+        need(len(cfg.tasks) > 0, "tasks", f"{command} needs at least one labelled task")
+    need(Path(cfg.out).suffix != ".npy", "out", "is the folder of the run folders; embed writes its features to "
+                                                "--out-features FILE.npy")
+    if command == "embed" and Path(args.out_features).exists() and not cfg.overwrite:
+        raise ValueError(f"--out-features {args.out_features} exists: pass --overwrite to replace it, or another "
+                         f"--out-features")
+
+
+def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
+    """The options against the data (``store``, or None for the synthetic cohort, which is checked before it is made):
+    its rate, the records' lengths, the labels. Returns the settings to use."""
+    from ecgfast import synth
+
+    where = cfg.data or "the synthetic cohort"
+    fs = cfg.fs if store is None else float(store.fs)
+    longest = round(SYNTH_SECONDS * fs) if store is None else int(np.max(store.lengths, initial=0))
+    labels = sorted(synth.LABELS) if store is None else store.label_names
+    if fs != cfg.fs:
+        if command in ("evaluate", "embed"):
+            raise ValueError(f"the checkpoint was pretrained on {cfg.fs:g} Hz views but {where} holds {fs:g} Hz "
+                             f"records: use a store at {cfg.fs:g} Hz (ecgfast ingest --fs {cfg.fs:g}) or a checkpoint "
+                             f"pretrained at {fs:g} Hz")
+        if "fs" in explicit:
+            raise ValueError(f"--fs {cfg.fs:g}: {where} holds {fs:g} Hz records: omit --fs (the views take the "
+                             f"store's rate) or ingest the records again with `ecgfast ingest --fs {cfg.fs:g}`")
+        if cfg.preset != "demo":
+            print(f"--preset {cfg.preset} is for {cfg.fs:g} Hz; {where} holds {fs:g} Hz records, and the views take "
+                  f"the store's rate")
+        cfg = dataclasses.replace(cfg, fs=fs)
+    if window(cfg) > longest:
+        fix = "pass a shorter --window-s" if command in ("demo", "pretrain") else \
+            "use a checkpoint pretrained on shorter windows"
+        raise ValueError(f"--window-s {cfg.window_s:g} needs {window(cfg)} samples at {cfg.fs:g} Hz but the longest "
+                         f"record of {where} has {longest} ({longest / cfg.fs:g} s): {fix}")
+    missing = [t for t in cfg.tasks if t not in labels] if command != "embed" else []
+    if missing and (command != "pretrain" or "tasks" in explicit):
+        listed = ", ".join(labels[:12]) + (f" and {len(labels) - 12} more (`ecgfast info` lists them)"
+                                           if len(labels) > 12 else "")
+        fix = "pretrain needs no labels: pass --tasks without a name to pretrain on every record" \
+            if command == "pretrain" else "pass --tasks with labels it has"
+        raise ValueError(f"--tasks {show(cfg.tasks)}: {where} has no label {', '.join(missing)} (its labels: "
+                         f"{listed or 'none'}); {fix}")
+    if missing:  # pretrain with the preset's tasks on a store that lacks them (none left: see run())
+        cfg = dataclasses.replace(cfg, tasks=tuple(t for t in cfg.tasks if t not in missing))
+        if cfg.tasks:
+            print(f"{where} has no label {', '.join(missing)}: only the test patients of {show(cfg.tasks)} are held "
+                  f"out of pretraining")
+    return cfg
+
+
+def check_run_folder(command: str, cfg: Config, path: Path, data_id: str) -> None:
+    """A run folder holds one run: refuse one made for other data, another preset or seed, and an existing
+    checkpoint, unless --overwrite (or --resume) says what to do with them."""
+    if command == "embed" or not path.exists():
+        return
+    ours = {"data_id": data_id, "preset": cfg.preset, "seed": cfg.seed}
+    config = path / "config.json"
+    theirs = json.loads(config.read_text()) if config.exists() else None
+    if not cfg.overwrite:
+        if theirs is None and any((path / name).exists() for name in RUN_OUTPUTS):
+            raise ValueError(f"{path} holds the outputs of another run (and no config.json): choose another --name, "
+                             f"or pass --overwrite to replace them")
+        if theirs is not None and {k: theirs.get(k) for k in ours} != ours:
+            raise ValueError(f"{path} is the run folder of {theirs.get('data_id') or 'another store'} (--preset "
+                             f"{theirs.get('preset')}, --seed {theirs.get('seed')}), not of {data_id} (--preset "
+                             f"{cfg.preset}, --seed {cfg.seed}): choose another --name, or pass --overwrite to "
+                             f"replace that run")
+    if command in ("demo", "pretrain") and (path / "pretrain.pt").exists() and not (cfg.resume or cfg.overwrite):
+        try:
+            step = f" (step {torch.load(path / 'pretrain.pt', map_location='cpu', weights_only=True)['step']})"
+        except Exception:  # the refusal, not the file's state, is the news
+            step = ""
+        then = "; the demo goes on to evaluate a finished one" if command == "demo" else ""
+        raise ValueError(f"{path / 'pretrain.pt'} exists{step}: pass --resume to continue it{then}, or --overwrite "
+                         f"to start again")
+
+
+def check_resume(cfg: Config, path: Path, data_id: str) -> dict | None:
+    """The checkpoint that --resume continues (None: a fresh start), once its settings agree with ours."""
+    file = path / "pretrain.pt"
+    if not cfg.resume or cfg.overwrite or not file.exists():
+        if cfg.resume and not cfg.overwrite:
+            print(f"--resume: no checkpoint at {file} yet, starting from step 0")
+        return None
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    if ckpt.get("data", data_id) != data_id:
+        raise ValueError(f"--resume: {file} was pretrained on {ckpt['data']}, not {data_id}: choose another "
+                         f"--name, or pass --overwrite to start again")
+    changed = [k for k in RESUME_SETTINGS if getattr(cfg, k) != ckpt["config"].get(k, getattr(cfg, k))]
+    if changed:
+        raise ValueError("--resume continues the run with its own settings, but "
+                         + ", ".join(f"{flag(k)} {show(getattr(cfg, k))} differs from its {show(ckpt['config'][k])}"
+                                     for k in changed)
+                         + f" ({file}): drop them, or pass --overwrite to start again")
+    return ckpt
+
+
+def start_run(command: str, cfg: Config, path: Path, data_id: str, split, keep: set[str]) -> None:
+    """The command starts for real: the folder cleared if --overwrite (all but ``keep``), then config.json and the
+    split written."""
+    if cfg.overwrite and path.exists():
+        for name in set(RUN_OUTPUTS) - keep:
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"command": command, "data_id": data_id,
+                                                  **dataclasses.asdict(cfg)}, indent=1))
+    if split is not None:
+        (path / "split.json").write_text(split.to_json())
 
 
 # ------------------------------------------------------------------------------------------------------ command line
 
 
-def parse_args(argv=None) -> tuple[str, Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="demo", choices=("demo", "pretrain", "evaluate", "embed"))
-    parser.add_argument("--out-features", dest="out_features", default="features.npy",
-                        help="embed: where to write the features")
+def _value(kind, optional: bool):
+    """The command-line parser of one setting: "1/32" for a float, "none" for an optional value."""
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        if kind is float and "/" in text:
+            num, den = (float(part) for part in text.split("/", 1))
+            if den == 0:
+                raise ValueError(text)
+            return num / den
+        return kind(text)
+
+    parse.__name__ = kind.__name__ + (" or none" if optional else "")  # argparse names it in "invalid ... value"
+    return parse
+
+
+def make_parser() -> argparse.ArgumentParser:
+    presets = "\n".join(f"  {name:<7}{text}" for name, (text, _) in PRESETS.items())
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets (--preset; each option's help shows a preset's value where it differs):\n{presets}")
+    parser.add_argument("command", nargs="?", default="demo", choices=COMMANDS,
+                        help="demo: pretrain, then evaluate (default); pretrain; evaluate a checkpoint; embed: "
+                             "features of every record")
+    parser.add_argument("--out-features", default="features.npy",
+                        help="embed: the .npy file of features (default: features.npy)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     hints = typing.get_type_hints(Config)
+    choices = {"model": tuple(MODELS), "loss": LOSSES, "sampling": SAMPLING, "preset": tuple(PRESETS)}
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
         # The value type from the annotation: int for `int | None`, str for `tuple[str, ...]`.
-        kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        args = typing.get_args(hints[f.name])
+        kind = next((a for a in args if a is not type(None)), hints[f.name])
+        others = "".join(f"; {name}: {show(over[f.name])}" for name, (_, over) in PRESETS.items()
+                         if f.name in over and over[f.name] != f.default)
+        default = ("on" if f.default else "off") if kind is bool else show(f.default)
+        text = f.metadata["help"] + ("" if "default:" in f.metadata["help"] else f" (default: {default}{others})")
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(flag(f.name), type=_value(kind, False), default=None, help=text,
+                                nargs="*" if f.name == "tasks" else "+")
         else:
-            parser.add_argument(flag, type=kind, default=None, nargs="+" if isinstance(f.default, tuple) else None)
-    args = parser.parse_args(argv)
+            parser.add_argument(flag(f.name), type=_value(kind, type(None) in args), default=None, help=text,
+                                choices=choices.get(f.name))
+    return parser
+
+
+def parse_args(argv=None) -> tuple[str, Config, argparse.Namespace, set[str]]:
+    """The command, its settings (the preset's, then the options given) and the names of the options given."""
+    args = make_parser().parse_args(argv)
     preset = args.preset or "demo"
-    if preset not in PRESETS:
-        parser.error(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = Config(**{**PRESETS[preset], "preset": preset})
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
-    cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    return args.command, cfg, args
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if getattr(args, f.name) is not None}
+    cfg = Config(**{**PRESETS[preset][1], "preset": preset})
+    cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    return args.command, cfg, args, set(given)
 
 
-def main(argv=None) -> None:
-    command, cfg, args = parse_args(argv)
+def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str]) -> None:
+    check_options(command, cfg, args)
     # Denormal floats appear in the small demo networks' activations and gradients and slow a CPU step up to 20x.
     torch.set_flush_denormal(True)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    rank0 = rank_and_world()[0] == 0
     torch.manual_seed(cfg.seed)
-    path = run_dir(cfg)
-    if rank0:
-        (path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    if torch.distributed.is_initialized():  # rank 0 builds the synthetic cohort once; the others open it after
+    pretrained = None
+    if command in ("evaluate", "embed"):
+        cfg, pretrained = checkpoint_settings(cfg, explicit, checkpoint_file(cfg, run_dir(cfg)),
+                                              given=cfg.checkpoint is not None)
+    path = run_dir(cfg)  # after the checkpoint's settings: the synthetic cohort's name holds its rate
+    data_id = data_identity(cfg)[1]
+    if command != "embed":
+        check_run_folder(command, cfg, path, data_id)
+    # A store is opened to be checked; the synthetic cohort is checked before it is made.
+    store = open_data(cfg) if cfg.data is not None else None
+    cfg = check_data(command, cfg, explicit, store)
+    if store is None and torch.distributed.is_initialized():  # rank 0 builds the cohort once; the others open it
         store = open_data(cfg) if rank0 else None
         torch.distributed.barrier()
-        if store is None:
-            store = open_data(cfg)
-    else:
+    if store is None:
         store = open_data(cfg)
+    if command == "embed":
+        embed_store(cfg, store, pretrained, Path(args.out_features))
+        return
+    resume = check_resume(cfg, path, data_id) if command in ("demo", "pretrain") else None
     split = load_split(cfg, store, path) if rank0 else None
     if torch.distributed.is_initialized():
         holder = [split]
         torch.distributed.broadcast_object_list(holder, src=0)
         split = holder[0]
-    if command in ("demo", "pretrain"):
-        pretrain(cfg, store, split, path)
-    if rank0 and command in ("demo", "evaluate"):
-        evaluate(cfg, store, split, path)
-    if rank0 and command == "embed":
-        embed_store(cfg, store, path, args.out_features)
+    sampler = make_sampler(cfg, store, split) if command in ("demo", "pretrain") else None
+    own_checkpoint = command == "evaluate" and checkpoint_file(cfg, path).resolve() == (path / "pretrain.pt").resolve()
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        torch.distributed.barrier()  # every rank has checked everything before rank 0 changes the run folder
+    if rank0:
+        start_run(command, cfg, path, data_id, split, keep={"pretrain.pt", "pretrain_log.csv", "tb"}
+                  if own_checkpoint else set())
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if command in ("demo", "pretrain"):
+        if split is None:
+            print(f"pretraining on every record of {cfg.data or 'the synthetic cohort'} (no task labels, so no test "
+                  f"patients are held out)")
+        ckpt_path = pretrain(cfg, store, sampler, path, resume)
+        pretrained = torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"] if rank0 else None
+    if rank0 and command in ("demo", "evaluate"):
+        evaluate(cfg, store, split, path, pretrained)
+
+
+def main(argv=None) -> int:
+    """The command line; returns the exit status: 0, 2 for a refused option or input, 1 for anything else."""
+    command, cfg, args, explicit = parse_args(argv)
+    try:
+        run(command, cfg, args, explicit)
+    except KeyboardInterrupt:
+        print(f"train.py {command}: interrupted" + (" (run it again with --resume to continue)"
+                                                    if command in ("demo", "pretrain") else ""), file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        known = isinstance(err, ValueError)
+        print(f"train.py {command}: error: {err if known else f'{type(err).__name__}: {err}'}"
+              + ("" if known else " (--debug shows the traceback)"), file=sys.stderr)
+        return 2 if known else 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":

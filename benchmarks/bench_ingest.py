@@ -13,7 +13,7 @@ import pytest
 from ratios import interleaved_rates, print_table
 
 from ecgfast.ingest import convert, ingest
-from ecgfast.ingest.driver import make_reader
+from ecgfast.ingest import make_reader
 from ecgfast.leads import LEADS12
 
 SOURCES = {"wfdb": ("cinc2021", 12), "cpsc2018": ("cpsc2018", 30)}

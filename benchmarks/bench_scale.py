@@ -2,7 +2,7 @@
 
 The 10^5 records are the 50 real CinC records (8 leads, 500 Hz, 10 s) tiled with distinct record ids: each is
 encoded once and its bytes are written 2,000 times through the ingest's own shard writer
-(``ECGStore.write_encoded_shard`` and ``append_columns``), so the store is byte for byte what ingest writes, built
+(``ECGStore.write_encoded_shard``, the resume protocol's markers, ``append_columns``), so the store is byte for byte what ingest writes, built
 in a minute instead of the hours that encoding 10^5 records takes on 2 loaded cores. The ingest rate per core comes
 from a real ingest of 1,000 records (the CinC records linked 20 times) and is extrapolated to 10^6 records.
 
@@ -22,6 +22,7 @@ from ratios import interleaved_rates, print_table
 
 from ecgfast.augment import Augment
 from ecgfast.ingest import ingest
+from ecgfast.ingest.resume import Run
 from ecgfast.leads import LEADS8
 from ecgfast.loader import ECGLoader
 from ecgfast.store import ECGStore
@@ -91,14 +92,14 @@ def test_single_writer_rate(data_dir, tmp_path):
         chunks = [codec.encode(r) for r in np.resize(cinc.read_block(0, len(cinc), raw=True), (SHARD, 12, 5000))]
         fields = [{"rid": f"x/{i}", "key": "k", "length": 5000, "age": None, "sex": 1, "fs": 500.0,
                    "valid": "1" * 12, "pos": i} for i in range(SHARD)]
-        store.begin_ingest({"key": {}})
+        run = Run.begin(store, {"source": "bench", "format": "wfdb"}, 0, 0, shards * SHARD, "")
         c0, t0 = time.process_time(), time.perf_counter()
         for k in range(shards):
             store.write_encoded_shard(k, chunks)
-            store.put_ingest_marker(k, {"shard": k, "records": fields, "rows": [], "next": 0, "partial": 0})
+            run.mark({"shard": k, "records": fields, "rows": [], "next": 0, "partial": 0})
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert store.encoded_chunks(shards - 1, SHARD) == chunks  # the shard holds what was written
-        store.end_ingest()
+        run.end()
     n = shards * SHARD
     print(f"\nsingle writer, {n} 12-lead records in shards of {SHARD} with done markers: "
           f"{wall / n * 1e3:.2f} ms wall, {cpu / n * 1e3:.2f} ms CPU per record: at most {n / wall:,.0f} records/s, "

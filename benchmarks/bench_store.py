@@ -1,4 +1,5 @@
-"""ECGStore reads against an uncompressed NumPy memmap of the same records, and the compression ratio.
+"""ECGStore reads against an uncompressed NumPy memmap of the same records, the compression ratio, and the cost of
+verifying every record's CRC-32C.
 
 The 50 real CinC records (12 leads, 500 Hz, 10 s) tiled to 2,048 records in shards of 256. Targets: contiguous
 block reads at least 0.3x the memmap; at least 2.5x lossless compression. Run with ``pytest --benchmark -s``.
@@ -12,6 +13,7 @@ import zarr
 from ratios import interleaved_rates, print_table
 
 from ecgfast.ingest import ingest
+from ecgfast.shards import ShardIO, crc32c
 from ecgfast.store import ECGStore
 
 N = 2048
@@ -106,3 +108,42 @@ def test_codec_choice(cinc, benchmark):
     benchmark.extra_info.update(ratios)
     benchmark.pedantic(lambda: [candidates["zstd 3"].encode(r) for r in x], rounds=1, iterations=1)
     assert ratios["zstd 3"] >= 2.5 > ratios["zstd 2"]
+
+
+def test_crc32c_read_cost(tiled, benchmark):
+    """Block reads of the same records with a CRC-32C per inner chunk (verified on every read, new stores) and
+    without (stores written before): the price of never returning damaged bytes."""
+    import shutil
+
+    from zarr.codecs import BloscCodec
+
+    store, _ = tiled
+    plain = Path(store.location).with_name("no_crc.zarr")
+    shutil.copytree(store.location, plain)
+    group = zarr.open_group(str(plain), mode="r+")
+    shape = group["signals"].shape
+    del group["signals"]
+    array = group.create_array("signals", shape=shape, dtype="int16", chunks=(1, *shape[1:]),
+                               shards=(BATCH, *shape[1:]), fill_value=0,
+                               compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"))
+    io = ShardIO.for_array(array, str(plain), threads=2)
+    x = store.read_block(0, N, raw=True)
+    for k in range(N // BATCH):
+        io.write(k, io.encode(x[k * BATCH : (k + 1) * BATCH]))
+    without = ECGStore.open(plain)
+    assert store.record_codec().checksum and not without.record_codec().checksum
+    np.testing.assert_array_equal(without.read_block(0, N, raw=True), x)
+    blocks = range(0, N, BATCH)
+    cases = {
+        "read_block raw, no CRC (before)": lambda: [without.read_block(s, s + BATCH, raw=True) for s in blocks],
+        "read_block raw, CRC-32C verified": lambda: [store.read_block(s, s + BATCH, raw=True) for s in blocks],
+    }
+    rates = interleaved_rates(cases, N)
+    print_table(f"contiguous blocks of {BATCH}, {N} CinC records: the CRC-32C check", rates,
+                "read_block raw, no CRC (before)")
+    chunks = io.encode(x[:BATCH])
+    crc = interleaved_rates({"crc32c": lambda: [crc32c(c) for c in chunks]}, sum(map(len, chunks)) // 10**6)
+    print(f"CRC-32C alone over the compressed chunks: {crc['crc32c'].cpu:,.0f} MB per CPU-s")
+    benchmark.extra_info.update({name: r._asdict() for name, r in rates.items()})
+    benchmark.extra_info["crc32c_MB_per_cpu_s"] = crc["crc32c"].cpu
+    benchmark.pedantic(cases["read_block raw, CRC-32C verified"], rounds=3, iterations=1)

@@ -1,4 +1,4 @@
-"""Lead names, lead order, the 8 <-> 12 lead conversion and the VCG matrices.
+"""Lead names, lead order, the 8 <-> 12 lead conversion, the VCG matrices and where a wanted lead comes from.
 
 The one home of every lead list and matrix in ecgfast: ingest, augmentation and the synthetic cohort all read
 them from here.
@@ -105,18 +105,43 @@ def expand_8_to_12(x8: np.ndarray) -> np.ndarray:
     return np.einsum("lk,...kt->...lt", EXPAND_8_TO_12.astype(x8.dtype, copy=False), x8)
 
 
+def lead_source(lead: str, names) -> dict[str, float] | None:
+    """Where the lead ``lead`` comes from among the leads ``names``: ``{lead: 1.0}`` when it is one of them, the
+    coefficients of I and II when it is III, aVR, aVL or aVF and both are there, else None.
+
+    The one rule for every caller (reads, the loader's lead plan, ingest's lead matching).
+    """
+    names = list(names)
+    if lead in names:
+        return {lead: 1.0}
+    if lead in DERIVED_FROM_I_II and "I" in names and "II" in names:
+        return dict(zip(("I", "II"), DERIVED_FROM_I_II[lead]))
+    return None
+
+
+def lead_sources(wanted, names) -> list[dict[str, float]]:
+    """:func:`lead_source` of each lead of ``wanted``; a ValueError naming a lead that is neither among ``names``
+    nor derivable from I and II."""
+    names = list(names)
+    out = []
+    for lead in wanted:
+        source = lead_source(lead, names)
+        if source is None:
+            raise ValueError(f"lead {lead!r} is neither stored ({names}) nor derivable from I and II")
+        out.append(source)
+    return out
+
+
 def select_leads(x: np.ndarray, names, wanted) -> np.ndarray:
     """Leads ``wanted`` of x (..., len(names), T), deriving III, aVR, aVL and aVF from I and II when absent."""
     names = list(names)
     out = np.empty(x.shape[:-2] + (len(wanted), x.shape[-1]), dtype=np.result_type(x.dtype, np.float32))
-    for j, lead in enumerate(wanted):
-        if lead in names:
-            out[..., j, :] = x[..., names.index(lead), :]
-        elif lead in DERIVED_FROM_I_II and "I" in names and "II" in names:
-            a, b = DERIVED_FROM_I_II[lead]
-            out[..., j, :] = a * x[..., names.index("I"), :] + b * x[..., names.index("II"), :]
+    for j, source in enumerate(lead_sources(wanted, names)):
+        if len(source) == 1:
+            out[..., j, :] = x[..., names.index(next(iter(source))), :]
         else:
-            raise ValueError(f"lead {lead!r} is neither stored ({names}) nor derivable from I and II")
+            a, b = source["I"], source["II"]
+            out[..., j, :] = a * x[..., names.index("I"), :] + b * x[..., names.index("II"), :]
     return out
 
 
@@ -125,14 +150,7 @@ def needed_leads(wanted, lead_names) -> list[str]:
 
     Raises ValueError naming a lead that is neither stored nor derivable.
     """
-    stored = list(lead_names)
     need: list[str] = []
-    for lead in wanted:
-        if lead in stored:
-            srcs = [lead]
-        elif lead in DERIVED_FROM_I_II and "I" in stored and "II" in stored:
-            srcs = ["I", "II"]
-        else:
-            raise ValueError(f"lead {lead!r} is neither stored ({stored}) nor derivable from I and II")
-        need += [s for s in srcs if s not in need]
+    for source in lead_sources(wanted, lead_names):
+        need += [s for s in source if s not in need]
     return need

@@ -1,33 +1,31 @@
 """ECGStore: a Zarr v3 group of int16 ECGs with their patient ids, labels and ingest report.
 
 The schema (documented in the README) is a plain Zarr v3 group that ``zarr.open_group`` reads without ecgfast:
-``signals`` int16 (N, L, T) sharded along records, one inner chunk per record, Blosc zstd + byte shuffle; beside it
-one 1-D array per record field, ``labels/<name>`` and the ``ingest_report`` group.
+``signals`` int16 (N, L, T) sharded along records, one inner chunk per record (Blosc zstd + byte shuffle, then a
+CRC-32C); beside it one 1-D array per record field, ``labels/<name>``, the ``ingest_report`` group, and while a
+writer's run is unfinished, its ``<name>_state`` group.
 
-Reads bypass zarr-python's per-chunk machinery, which costs milliseconds per record (zarr-python #3829): they
-fetch the byte ranges of the needed inner chunks through the Zarr store, read each shard's index themselves and
-decode with numcodecs in a thread pool. When the array's layout is not the one written here, zarr's own path
-serves instead.
-
-This is the only module of ecgfast that touches Zarr; zarr, numcodecs and fsspec are imported lazily.
+One job: the schema and its API. The shards' bytes are :mod:`ecgfast.shards`' job (when the layout is one it
+handles; zarr-python's own path serves otherwise); ingest's resume protocol lives in :mod:`ecgfast.ingest.resume`,
+on the generic primitives here (a shard written beyond the visible end, a state group for a run). This module and
+:mod:`ecgfast.shards` are the only ones that touch Zarr; zarr, numcodecs and fsspec are imported lazily.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from ecgfast.leads import canonical_lead, select_leads
+from ecgfast.shards import ChunkCodec, ShardError, ShardIO, read_through_zarr
 
 SCHEMA_VERSION = 1
 INT16 = np.iinfo(np.int16)
-_MISSING = np.uint64(2**64 - 1)  # offset and size of an absent inner chunk in a shard index
+STATE_SUFFIX = "_state"  # root groups named <writer>_state hold the state of a writer's unfinished run
 _META_CHUNK = 16384  # records per chunk of the 1-D per-record arrays
 
 # Per-record fields: name -> (dtype, fill value). ``lead_valid`` is (N, L); the rest are (N,).
@@ -40,7 +38,11 @@ FIELDS: dict[str, tuple[str, object]] = {
     "age": ("float32", float("nan")),
     "sex": ("int8", -1),
     "fs_original": ("float32", float("nan")),
+    "fold": ("int8", -1),
 }
+# Fields added to schema version 1 after its first stores: a store written before lacks their arrays, reads their
+# fill value for every record, and gets the array with its next append.
+ADDED_FIELDS = ("fold",)
 REPORT_FIELDS = ("record_id", "level", "reason")
 
 
@@ -67,189 +69,37 @@ def quantize(signals: np.ndarray, gain_uv: float, record_ids) -> np.ndarray:
     return q
 
 
-def _crc32c(data: bytes) -> int:
-    """CRC-32C of ``data``, as the shard index's ``crc32c`` codec computes it, with the package zarr depends on."""
-    try:
-        import google_crc32c  # zarr 3.1
-
-        return google_crc32c.value(data)
-    except ImportError:
-        import crc32c  # other zarr 3 releases
-
-        return crc32c.crc32c(data)
-
-
 def _as_str(values) -> np.ndarray:
     """A fixed-width unicode array, whatever string dtype zarr returned (object or NumPy's StringDType)."""
     return np.array(list(values), dtype=str)
 
 
-def _zarr_store(path_or_url, read_only: bool):
-    """The Zarr store behind a local path, ``file://`` URL or any other fsspec URL (``memory://``, ``s3://``)."""
+def _create_field(group, name: str, n_leads: int):
+    """The empty array of the per-record field ``name`` in ``group``."""
+    dtype, fill = FIELDS[name]
+    shape, chunks = ((0, n_leads), (_META_CHUNK, n_leads)) if name == "lead_valid" else ((0,), (_META_CHUNK,))
+    return group.create_array(name, shape=shape, dtype=str if dtype == "str" else dtype, chunks=chunks, fill_value=fill)
+
+
+def _zarr_store(path_or_url, read_only: bool, storage_options: Mapping | None = None):
+    """The Zarr store behind a local path, ``file://`` URL or any other fsspec URL (``memory://``, ``s3://``).
+
+    ``storage_options`` go to the fsspec filesystem (``endpoint_url``, ``key``, ``secret``, ``anon``...); a local
+    path takes none.
+    """
     import zarr.storage
 
     url = os.fspath(path_or_url)
     if "://" not in url or url.startswith("file://"):
+        if storage_options:
+            raise ValueError(f"storage options {sorted(storage_options)} apply to fsspec URLs (s3://...), "
+                             f"not to the local path {url}")
         return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=read_only)
     try:
-        return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
+        options = {"storage_options": dict(storage_options)} if storage_options else {}
+        return zarr.storage.FsspecStore.from_url(url, read_only=read_only, **options)
     except ImportError as err:  # e.g. s3:// without s3fs
         raise ValueError(f"cannot open store {url!r}: {err}") from err
-
-
-class _ShardReader:
-    """Fetches and decodes inner chunks of ``signals`` straight from its shards (one inner chunk per record)."""
-
-    def __init__(self, array, records_per_shard: int, threads: int):
-        from numcodecs import Blosc
-        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
-
-        self._store, self._prefix = array.store, array.path
-        self._proto, self._sync = default_buffer_prototype(), sync
-        self._range, self._suffix = RangeByteRequest, SuffixByteRequest
-        self._blosc = Blosc()  # the Blosc frame header says how it was compressed
-        self._S = records_per_shard
-        self._index_bytes = 16 * records_per_shard + 4  # (offset, nbytes) uint64 pairs + crc32c
-        self._indexes: dict[int, np.ndarray | None] = {}
-        self._root = getattr(self._store, "root", None)  # LocalStore: read files directly with pread
-        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
-        self._threads = threads
-
-    @classmethod
-    def for_array(cls, array, records_per_shard: int, threads: int) -> _ShardReader | None:
-        """A reader for ``array``, or None when its layout (or this zarr-python's internals) is not the expected one."""
-        try:
-            return cls(array, records_per_shard, threads) if cls.supports(array) else None
-        except (ImportError, AttributeError, KeyError, TypeError):
-            return None
-
-    @staticmethod
-    def supports(array) -> bool:
-        """Whether ``array`` has the layout written by ECGStore, which this reader decodes itself."""
-        codecs = array.metadata.to_dict()["codecs"]
-        if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-            return False
-        cfg = codecs[0]["configuration"]
-        inner = [c["name"] for c in cfg["codecs"]]
-        return (
-            tuple(cfg["chunk_shape"]) == (1, *array.shape[1:])
-            and inner == ["bytes", "blosc"]
-            and cfg["codecs"][0]["configuration"]["endian"] == "little"
-            and [c["name"] for c in cfg["index_codecs"]] == ["bytes", "crc32c"]
-            and cfg.get("index_location", "end") == "end"
-            and array.metadata.to_dict()["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-        )
-
-    def _key(self, shard: int) -> str:
-        return f"{self._prefix}/c/{shard}/0/0"
-
-    def chunks(self, shard: int, count: int) -> list[bytes | None]:
-        """The encoded inner chunks of the first ``count`` records of a shard, None for an absent (all-zero) one."""
-        index = self._index(shard)
-        if index is None:
-            return [None] * count
-        present = np.flatnonzero(index[:count, 0] != _MISSING)
-        starts, sizes = index[present, 0].astype(np.int64), index[present, 1].astype(np.int64)
-        out = [None] * count
-        if len(present):
-            for i, b in zip(present, self._fetch(shard, list(zip(starts.tolist(), (starts + sizes).tolist())))):
-                out[i] = bytes(b)
-        return out
-
-    def write(self, shard: int, chunks: list[bytes]) -> None:
-        """Write a whole shard object from encoded inner chunks (one per record, in order), its index at the end.
-
-        One object write, atomic on a local store (zarr writes a temporary file and renames it): a shard is
-        either the old one or the new one, whenever the process dies.
-        """
-        if len(chunks) > self._S:
-            raise ValueError(f"a shard holds at most {self._S} records, got {len(chunks)}")
-        index = np.full((self._S, 2), _MISSING, "<u8")
-        sizes = np.array([len(c) for c in chunks], np.uint64)
-        index[: len(chunks), 1] = sizes
-        index[: len(chunks), 0] = np.cumsum(sizes) - sizes
-        raw = index.tobytes()
-        data = b"".join([*chunks, raw, np.uint32(_crc32c(raw)).astype("<u4").tobytes()])
-        self._sync(self._store.set(self._key(shard), self._proto.buffer.from_bytes(data)))
-        self.forget(shard)
-
-    def forget(self, shard: int) -> None:
-        """Drop the cached index of a shard that was just rewritten."""
-        self._indexes.pop(shard, None)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def _fetch(self, shard: int, ranges: list[tuple[int, int]] | None):
-        """Bytes of ``ranges`` of a shard's file (None: its index), or None when the shard does not exist."""
-        key = self._key(shard)
-        if self._root is not None:
-            try:
-                fd = os.open(Path(self._root) / key, os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            try:
-                if ranges is None:
-                    size = os.fstat(fd).st_size
-                    return os.pread(fd, self._index_bytes, size - self._index_bytes)
-                return [os.pread(fd, b - a, a) for a, b in ranges]
-            finally:
-                os.close(fd)
-        async def get_all(requests):
-            return await asyncio.gather(*(self._store.get(key, self._proto, r) for r in requests))
-
-        requests = [self._suffix(self._index_bytes)] if ranges is None else [self._range(a, b) for a, b in ranges]
-        bufs = self._sync(get_all(requests))
-        if bufs[0] is None:
-            return None
-        bufs = [b.to_bytes() for b in bufs]
-        return bufs[0] if ranges is None else bufs
-
-    def _index(self, shard: int) -> np.ndarray | None:
-        # The index's crc32c is not checked: a corrupt entry points Blosc at bytes whose frame header it rejects.
-        if shard not in self._indexes:
-            raw = self._fetch(shard, None)
-            self._indexes[shard] = None if raw is None else np.frombuffer(raw, "<u8", 2 * self._S).reshape(self._S, 2)
-        return self._indexes[shard]
-
-    def read_into(self, records: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
-        """Decode ``records`` (sorted, unique) into ``out[rows]`` (int16, zeroed where a chunk is absent)."""
-        jobs = []  # (buffer, row)
-        shards = records // self._S
-        for shard in np.unique(shards):
-            sel = np.flatnonzero(shards == shard)
-            index = self._index(int(shard))
-            local = records[sel] - shard * self._S
-            present = np.zeros(len(sel), bool) if index is None else index[local, 0] != _MISSING
-            out[rows[sel[~present]]] = 0
-            if not present.any():
-                continue
-            sel, local = sel[present], local[present]
-            starts, sizes = index[local, 0].astype(np.int64), index[local, 1].astype(np.int64)
-            lo, hi = int(starts.min()), int((starts + sizes).max())
-            if 2 * sizes.sum() >= hi - lo:  # dense (a block): one read of the span
-                (span,) = self._fetch(int(shard), [(lo, hi)])
-                view = memoryview(span)
-                jobs += [(view[s - lo : s - lo + n], rows[i]) for s, n, i in zip(starts, sizes, sel)]
-            else:
-                bufs = self._fetch(int(shard), list(zip(starts.tolist(), (starts + sizes).tolist())))
-                jobs += [(b, rows[i]) for b, i in zip(bufs, sel)]
-
-        def decode(part):
-            for buf, row in part:
-                self._blosc.decode(buf, out=out[row])
-
-        self._map(decode, [jobs[k :: self._threads] for k in range(self._threads)])
-
-    def _map(self, fn, parts) -> None:
-        if self._pool is None:
-            for p in parts:
-                fn(p)
-        else:
-            list(self._pool.map(fn, parts))
 
 
 class ECGStore:
@@ -270,10 +120,11 @@ class ECGStore:
         self._lead_names = tuple(attrs["lead_names"])
         self._fs = float(attrs["fs"])
         self._gain_uv = float(attrs["gain_uv"])
-        self._S = int(self._signals.shards[0]) if self._signals.shards else int(self._signals.chunks[0])
+        sharded = self._signals.shards
+        self._records_per_shard = int(sharded[0]) if sharded else int(self._signals.chunks[0])
         self._n = int(self._signals.shape[0])
         threads = threads or min(8, os.cpu_count() or 1)
-        self._reader = _ShardReader.for_array(self._signals, self._S, threads)
+        self._reader = ShardIO.for_array(self._signals, location, threads)  # None: zarr-python reads and writes
         self._arrays = {"signals": self._signals}  # zarr handles: opening one reads its metadata
         self._columns: dict[str, np.ndarray] = {}  # the per-record fields and labels/<name>, loaded on first use
         self._written: dict[str, int] = {}  # records of each column already in Zarr
@@ -282,7 +133,6 @@ class ECGStore:
         self._label_names: set[str] | None = None
         self._patients: dict[str, int] | None = None
         self._ids: set[str] | None = None
-        self._state = None  # the ingest_state group, once opened
 
     # ---- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -299,6 +149,7 @@ class ECGStore:
         provenance: Mapping | None = None,
         overwrite: bool = False,
         threads: int | None = None,
+        storage_options: Mapping | None = None,
     ) -> ECGStore:
         """Create an empty, writable store.
 
@@ -308,15 +159,17 @@ class ECGStore:
             fs: sampling rate in Hz. n_samples: samples per record (T).
             gain_uv: microvolts per stored integer unit; signals are rounded to the nearest unit.
             chunk_records: records per shard, the block a loader reads at once.
-            compression_level: Blosc zstd level (3: 2.55x on the CinC records at ~80 MB/s per core; 5: 2.59x
-                at ~40 MB/s).
+            compression_level: Blosc zstd level, 0-9 (3: 2.55x on the CinC records at ~80 MB/s per core; 5:
+                2.59x at ~40 MB/s). Each record's compressed bytes carry a CRC-32C that every read verifies.
             provenance: stored in the ``provenance`` attribute (sources, options).
             overwrite: replace whatever is at ``path``; ``"incomplete"``: replace only a store whose creation was
                 interrupted (it lacks the attributes, written last); otherwise an existing store is an error.
             threads: decoding threads for reads (default: the CPU count, at most 8).
+            storage_options: options of the fsspec filesystem behind a URL (``endpoint_url``, ``key``, ``secret``,
+                ``anon``...: see the README's object-store example).
         """
         import zarr
-        from zarr.codecs import BloscCodec
+        from zarr.codecs import BloscCodec, Crc32cCodec
 
         lead_names = tuple(lead_names)
         bad = [n for n in lead_names if canonical_lead(n) != n]
@@ -325,27 +178,30 @@ class ECGStore:
         for name, value in (("fs", fs), ("n_samples", n_samples), ("gain_uv", gain_uv), ("chunk_records", chunk_records)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if compression_level not in range(10):
+            raise ValueError(f"compression_level must be an integer from 0 to 9, got {compression_level!r}")
         mode = "w" if overwrite is True else "w-"
         if overwrite == "incomplete":
             try:
-                existing = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
+                existing = zarr.open_group(_zarr_store(path, True, storage_options), mode="r")
                 mode = "w" if "schema_version" not in existing.attrs else mode
             except (FileNotFoundError, zarr.errors.GroupNotFoundError):
                 pass
         try:
-            group = zarr.open_group(_zarr_store(path, read_only=False), mode=mode)
+            group = zarr.open_group(_zarr_store(path, False, storage_options), mode=mode)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
-            raise ValueError(f"{path} already holds a store (pass overwrite=True to replace it)") from err
+            raise ValueError(f"{path} already holds a store (overwrite=True replaces it; --overwrite on the command "
+                             f"line)") from err
         from ecgfast import __version__
 
         L, T = len(lead_names), int(n_samples)
         group.create_array(
             "signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
-            compressors=BloscCodec(cname="zstd", clevel=compression_level, shuffle="shuffle"), fill_value=0,
+            compressors=(BloscCodec(cname="zstd", clevel=compression_level, shuffle="shuffle"), Crc32cCodec()),
+            fill_value=0,
         )
-        for name, (dtype, fill) in FIELDS.items():
-            shape, chunks = ((0, L), (_META_CHUNK, L)) if name == "lead_valid" else ((0,), (_META_CHUNK,))
-            group.create_array(name, shape=shape, dtype=str if dtype == "str" else dtype, chunks=chunks, fill_value=fill)
+        for name in FIELDS:
+            _create_field(group, name, L)
         report = group.create_group("ingest_report")
         for name in REPORT_FIELDS:
             report.create_array(name, shape=(0,), dtype=str, chunks=(_META_CHUNK,), fill_value="")
@@ -361,15 +217,17 @@ class ECGStore:
         return cls(group, writable=True, location=os.fspath(path), threads=threads)
 
     @classmethod
-    def open(cls, path_or_url, mode: str = "r", *, threads: int | None = None) -> ECGStore:
-        """Open a store: ``mode="r"`` read-only, ``"r+"`` to append."""
+    def open(cls, path_or_url, mode: str = "r", *, threads: int | None = None,
+             storage_options: Mapping | None = None) -> ECGStore:
+        """Open a store: ``mode="r"`` read-only, ``"r+"`` to append; ``threads`` and ``storage_options`` as for
+        :meth:`create`."""
         import zarr
 
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         try:
-            group = zarr.open_group(_zarr_store(path_or_url, read_only=mode == "r"), mode=mode)
-        except FileNotFoundError as err:
+            group = zarr.open_group(_zarr_store(path_or_url, mode == "r", storage_options), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as err:
             raise ValueError(f"no store at {path_or_url}") from err
         return cls(group, writable=mode == "r+", location=os.fspath(path_or_url), threads=threads)
 
@@ -408,8 +266,8 @@ class ECGStore:
 
     @property
     def chunk_records(self) -> int:
-        """Records per shard: the blocks a loader should plan its reads over."""
-        return self._S
+        """Records per shard: the blocks a loader should plan its reads over (the public name of records_per_shard)."""
+        return self._records_per_shard
 
     @property
     def attrs(self) -> dict:
@@ -421,6 +279,9 @@ class ECGStore:
         return self._arrays[name]
 
     def _column(self, name: str) -> np.ndarray:
+        if name not in self._columns and name in ADDED_FIELDS and name not in self._group:
+            dtype, fill = FIELDS[name]  # a store from before the field: unknown for every record
+            self._columns[name], self._written[name] = np.full(self._n, fill, dtype), 0
         if name not in self._columns:
             values = self._array(name)[: self._n]
             if FIELDS.get(name, ("",))[0] == "str":
@@ -448,6 +309,8 @@ class ECGStore:
     age = property(lambda self: self._column("age"), doc="float32 (N,): years, NaN unknown")
     sex = property(lambda self: self._column("sex"), doc="int8 (N,): 0 female, 1 male, -1 unknown")
     fs_original = property(lambda self: self._column("fs_original"), doc="float32 (N,): the source's sampling rate")
+    folds = property(lambda self: self._column("fold"),
+                     doc="int8 (N,): the source's recommended fold (PTB-XL's strat_fold, 1-10), -1 none")
 
     @property
     def label_names(self) -> list[str]:
@@ -459,6 +322,21 @@ class ECGStore:
     def labels(self) -> dict[str, np.ndarray]:
         """Label name -> float32 (N,), NaN where unknown."""
         return {name: self._column(f"labels/{name}") for name in self.label_names}
+
+    @property
+    def label_groups(self) -> dict[str, list[str]]:
+        """Group name -> its label names (the ``label_groups`` attribute; PTB-XL ingest records ``all``, ``diag``,
+        ``sub``, ``super``, ``form`` and ``rhythm``). A record whose labels of a group are NaN is outside that
+        group's evaluation."""
+        return {name: list(labels) for name, labels in self._group.attrs.get("label_groups", {}).items()}
+
+    def label_group(self, name: str) -> list[str]:
+        """The label names of the group ``name``; a ValueError naming the store's groups if it has no such group."""
+        groups = self.label_groups
+        if name not in groups:
+            raise ValueError(f"store {self.location} has no label group {name!r} "
+                             f"(its groups: {', '.join(sorted(groups)) or 'none'})")
+        return groups[name]
 
     @property
     def report(self) -> dict[str, np.ndarray]:
@@ -485,17 +363,23 @@ class ECGStore:
         if n:
             lines.append(f"  duration  mean valid {self.lengths.mean() / self.fs:.2f} s; "
                          f"{int((~self.lead_valid).sum()):,} missing or flat leads")
+        folds = Counter(self.folds.tolist())
+        if set(folds) - {-1}:
+            lines.append("  folds     " + "  ".join(f"{k}: {c:,}" for k, c in sorted(folds.items()) if k >= 0)
+                         + (f"  (none: {folds[-1]:,})" if folds[-1] else ""))
+        for name, labels in self.label_groups.items():
+            lines.append(f"  group     {name}: {len(labels)} labels")
         for name, values in self.labels.items():
             known = values[~np.isnan(values)]
             lines.append(f"  label     {name}: {known.size:,} known, prevalence {known.mean() if known.size else float('nan'):.3f}")
         report = self.report
         counts = Counter(zip(report["level"], (r.split()[0] if r else "" for r in report["reason"])))
         lines += [f"  report    {level} {reason}: {c}" for (level, reason), c in sorted(counts.items())]
-        state = self.ingest_state
-        if state is not None:
-            key = state.get("key", {})
-            lines.append(f"  ingest    unfinished run of {key.get('source')} ({key.get('format')}): "
-                         f"{len(self.ingest_markers())} shards marked done; run the same command again to finish it")
+        for name in self.state_names():
+            attrs = self.state(name) or {}
+            label = name.removesuffix(STATE_SUFFIX)
+            lines.append(f"  {label:<9} unfinished {attrs.get('note', 'run')}: {len(self.state_entries(name))} steps "
+                         f"done; {attrs.get('hint', 'the writer left it unfinished')}")
         size = self.nbytes_stored()
         if size is not None:
             ratio = f", {n * len(self.lead_names) * T * 2 / size:.2f}x compression" if size and n else ""
@@ -510,12 +394,79 @@ class ECGStore:
     def _decode(self, records: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
         if self._pending:
             self.flush()
-        if self._reader is not None:
-            self._reader.read_into(records, out, rows)
-        elif len(records) and records[-1] - records[0] + 1 == len(records):
-            out[rows] = self._signals[int(records[0]) : int(records[-1]) + 1]
-        else:
-            out[rows] = self._signals.oindex[records]
+        try:
+            if self._reader is not None:
+                self._reader.read_into(records, out, rows)
+            elif len(records):
+                read_through_zarr(self._signals, self.location, records, out, rows)
+        except ShardError as err:
+            raise self._named(err) from err
+
+    def _named(self, err: ShardError) -> ShardError:
+        """``err`` with its records cut to the store's extent and named by their ids as well."""
+        span = range(err.records.start, max(err.records.start + 1, min(err.records.stop, len(self))))
+        try:
+            ids = self.record_ids
+            named = f" [record ids {ids[span.start]}" + (f" ... {ids[span.stop - 1]}]" if len(span) > 1 else "]")
+        except (IndexError, KeyError, ValueError):  # a damaged record_id array: the indices must do
+            named = ""
+        return ShardError(err.shard, span, err.problem + named)
+
+    # ---- checking --------------------------------------------------------------------------------------------
+    def verify(self, progress: bool = False) -> list[str]:
+        """Everything wrong with the store, one line each; empty when all is well.
+
+        Checks the schema (every array there, of its dtype, as long as ``signals``), the per-record values that
+        reads rely on (lengths within the duration, unique record ids), every shard of ``signals`` (present, its
+        index and its CRC-32C, every record's inner chunk: CRC-32C where the store has them, and decoding), and
+        unfinished runs (a state group left by an interrupted ingest).
+        """
+        from tqdm import tqdm
+
+        n, L, T = len(self), len(self._lead_names), self.n_samples
+        problems = []
+        arrays = {name: ((n, L) if name == "lead_valid" else (n,), dtype) for name, (dtype, _) in FIELDS.items()}
+        arrays.update({f"labels/{name}": ((n,), "float32") for name in self.label_names})
+        for name, (shape, dtype) in arrays.items():
+            if name not in self._group and name in ADDED_FIELDS:
+                continue  # a store from before the field
+            if name not in self._group:
+                problems.append(f"array {name} is missing")
+                continue
+            array = self._array(name)
+            if array.shape != shape:
+                problems.append(f"array {name} has shape {array.shape}, not {shape} (signals holds {n} records)")
+            if dtype != "str" and array.dtype != np.dtype(dtype):
+                problems.append(f"array {name} has dtype {array.dtype}, not {dtype}")
+        report = {name: self._group["ingest_report"][name].shape for name in REPORT_FIELDS
+                  if name in self._group["ingest_report"]}
+        if len(report) != len(REPORT_FIELDS) or len(set(report.values())) != 1:
+            problems.append(f"ingest_report arrays differ from the schema's {REPORT_FIELDS}: {report}")
+        if not problems:
+            lengths, ids = self.lengths, self.record_ids
+            if n and ((lengths < 0) | (lengths > T)).any():
+                problems.append(f"length: {int(((lengths < 0) | (lengths > T)).sum())} records outside [0, {T}]")
+            if len(set(ids.tolist())) != n:
+                problems.append(f"record_id: {n - len(set(ids.tolist()))} repeated ids")
+        records_per_shard = self._records_per_shard
+        for k in tqdm(range(-(-n // records_per_shard)), desc="verify shards", unit="shard", disable=not progress):
+            span = range(k * records_per_shard, min(n, (k + 1) * records_per_shard))
+            if self._reader is not None:
+                problem = self._reader.check(k, len(span))
+                err = ShardError(self._reader.name(k), span, problem or "")
+            else:
+                try:
+                    read_through_zarr(self._signals, self.location, np.asarray(span),
+                                      np.empty((len(span), L, T), np.int16), np.arange(len(span)))
+                    problem = None
+                except ShardError as caught:
+                    problem, err = caught.problem, caught
+            if problem is not None:
+                problems.append(str(self._named(err)))
+        for name in self.state_names():
+            attrs = self.state(name) or {}
+            problems.append(f"{name}: unfinished {attrs.get('note', 'run')}; {attrs.get('hint', '')}".rstrip("; "))
+        return problems
 
     def _finish(self, raw16: np.ndarray, raw: bool, leads) -> np.ndarray:
         if raw:
@@ -582,6 +533,7 @@ class ECGStore:
         fs_original=None,
         lead_valid=None,
         labels: Mapping[str, np.ndarray] | None = None,
+        fold=None,
         raw: bool = False,
     ) -> range:
         """Append a batch of records and return their indices.
@@ -595,6 +547,7 @@ class ECGStore:
             age, sex, fs_original: (B,) each; unknown by default (NaN, -1, NaN).
             lead_valid: bool (B, L); default: the lead is not flat over the record's length.
             labels: label name -> float (B,), NaN unknown; a label new to the store is NaN for earlier records.
+            fold: the source's recommended fold (B,), integers 0-127; -1 (the default) none.
 
         Records are buffered and written a whole shard at a time; :meth:`flush` (or closing) writes the rest.
         """
@@ -613,7 +566,7 @@ class ECGStore:
             lead_valid = np.array([np.ptp(r[:, :k], axis=1) > 0 if k > 0 else np.zeros(L, bool)
                                    for r, k in zip(q, n)]).reshape(B, L)
         out = self.append_columns(lengths=lengths, record_ids=record_ids, patient_keys=patient_keys, age=age, sex=sex,
-                                  fs_original=fs_original, lead_valid=lead_valid, labels=labels)
+                                  fs_original=fs_original, lead_valid=lead_valid, labels=labels, fold=fold)
         self._queue(q)
         return out
 
@@ -628,6 +581,7 @@ class ECGStore:
         sex=None,
         fs_original=None,
         labels: Mapping[str, np.ndarray] | None = None,
+        fold=None,
     ) -> range:
         """Append the per-record fields of records whose signals are already written (see :meth:`write_shard`).
 
@@ -644,7 +598,12 @@ class ECGStore:
             "age": np.full(B, np.nan, np.float32) if age is None else np.asarray(age, np.float32),
             "sex": np.full(B, -1, np.int8) if sex is None else np.asarray(sex, np.int8),
             "fs_original": np.full(B, self._fs, np.float32) if fs_original is None else np.asarray(fs_original, np.float32),
+            "fold": np.full(B, -1, np.int8) if fold is None else np.asarray(fold),
         }
+        folds = columns["fold"]
+        if folds.size and not (np.issubdtype(folds.dtype, np.integer) and ((folds >= -1) & (folds <= 127)).all()):
+            raise ValueError(f"fold must hold integers from 0 to 127 (-1: none), got {np.unique(folds)[:8]}")
+        columns["fold"] = folds.astype(np.int8)
         for name, col in columns.items():
             if col.shape != (B,):
                 raise ValueError(f"{name} must have shape ({B},), got {col.shape}")
@@ -660,6 +619,8 @@ class ECGStore:
                 raise ValueError(f"record id {rid!r} is already in the store")
             seen.add(rid)
         for name, values in (labels or {}).items():
+            if not name or "/" in name:
+                raise ValueError(f"label name {name!r} must be non-empty and without '/' (it names a Zarr array)")
             values = np.asarray(values, np.float32)
             if values.shape != (B,):
                 raise ValueError(f"label {name!r} must have shape ({B},), got {values.shape}")
@@ -687,18 +648,19 @@ class ECGStore:
         return range(start, self._n)
 
     def _queue(self, q: np.ndarray) -> None:
-        if not self._pending and self._pending_start % self._S:
+        records_per_shard = self._records_per_shard
+        if not self._pending and self._pending_start % records_per_shard:
             # The last shard was written partially: reload it so that it is rewritten whole.
-            k0 = self._pending_start - self._pending_start % self._S
+            k0 = self._pending_start - self._pending_start % records_per_shard
             self._pending = [self.read_block(k0, self._pending_start, raw=True)]
             self._pending_start = k0
         self._pending.append(q)
         held = sum(len(p) for p in self._pending)
-        if held >= self._S:
+        if held >= records_per_shard:
             block = np.concatenate(self._pending)
-            whole = held - held % self._S
-            for off in range(0, whole, self._S):
-                self.write_shard((self._pending_start + off) // self._S, block[off : off + self._S])
+            whole = held - held % records_per_shard
+            for off in range(0, whole, records_per_shard):
+                self.write_shard((self._pending_start + off) // records_per_shard, block[off : off + records_per_shard])
             self._pending = [block[whole:]] if whole < held else []
             self._pending_start += whole
             self._write_columns(final=False)
@@ -706,18 +668,20 @@ class ECGStore:
     def write_shard(self, k: int, raw: np.ndarray) -> None:
         """Write the int16 records of shard ``k`` (records ``k*chunk_records`` on), growing ``signals`` as needed.
 
-        The primitive under :meth:`append`: each call writes one shard object and nothing else, so writers of
-        different shards never touch the same object.
+        The primitive under :meth:`append`: each call writes one shard object (then, when it grows, the array's
+        metadata), so writers of different shards never touch the same object.
         """
         self._require_writable()
-        start = k * self._S
-        if len(raw) > self._S:
-            raise ValueError(f"a shard holds at most {self._S} records, got {len(raw)}")
-        if self._signals.shape[0] < start + len(raw):
+        start = k * self._records_per_shard
+        if len(raw) > self._records_per_shard:
+            raise ValueError(f"a shard holds at most {self._records_per_shard} records, got {len(raw)}")
+        grow = self._signals.shape[0] < start + len(raw)
+        if self._reader is not None:  # the shard first: the visible extent never covers a shard not yet written
+            self._reader.write(k, self._reader.encode(np.asarray(raw, np.int16)))
+        if grow:
             self._signals.resize((start + len(raw), *self._signals.shape[1:]))
-        self._signals[start : start + len(raw)] = raw
-        if self._reader is not None:
-            self._reader.forget(k)
+        if self._reader is None:
+            self._signals[start : start + len(raw)] = raw
 
     def _write_columns(self, final: bool) -> None:
         """Write the per-record columns in whole chunks of ``_META_CHUNK`` records (all of them when final)."""
@@ -726,7 +690,9 @@ class ECGStore:
             upto = self._n if final else self._n - self._n % _META_CHUNK
             if upto <= done:
                 continue
-            if name not in self._arrays and name not in self._group:
+            if name in ADDED_FIELDS and name not in self._arrays and name not in self._group:
+                self._arrays[name] = _create_field(self._group, name, len(self._lead_names))
+            elif name not in self._arrays and name not in self._group:
                 self._arrays[name] = self._group["labels"].create_array(
                     name[7:], shape=(0,), dtype="float32", chunks=(_META_CHUNK,), fill_value=float("nan"))
             array = self._array(name)
@@ -741,12 +707,18 @@ class ECGStore:
         self._require_writable()
         if self._pending:
             block = np.concatenate(self._pending)
-            self.write_shard(self._pending_start // self._S, block)
+            self.write_shard(self._pending_start // self._records_per_shard, block)
             self._pending_start += len(block)
             self._pending = []
         self._write_columns(final=True)
         if self._signals.shape[0] < self._n:  # records whose shards ingest wrote itself (write_encoded_shard)
             self._signals.resize((self._n, *self._signals.shape[1:]))
+
+    def save_columns(self) -> None:
+        """Write the per-record columns appended so far, without growing ``signals``: after this, :meth:`flush`
+        makes the records visible in one metadata write (ingest's last steps, see ``ecgfast.ingest.resume``)."""
+        self._require_writable()
+        self._write_columns(final=True)
 
     def add_report(self, record_ids, levels, reasons, *, at: int | None = None) -> None:
         """Append rows to ``ingest_report``: level ``skip`` or ``warn``, reason a code then details.
@@ -766,6 +738,22 @@ class ECGStore:
             if len(values):
                 array[n:] = values
 
+    def add_label_groups(self, groups: Mapping[str, Iterable[str]]) -> None:
+        """Record label groups in the ``label_groups`` attribute: a group already there gains the new names. Each
+        name must be a label of the store, and no group may bear a label's name (``--tasks`` takes either)."""
+        self._require_writable()
+        known = set(self.label_names)
+        merged = self.label_groups
+        for name, labels in groups.items():
+            labels = [str(label) for label in labels]
+            missing = sorted(set(labels) - known)
+            if missing or name in known or not labels:
+                why = (f"labels {missing[:5]} are not in the store" if missing else
+                       "it is a label's name" if name in known else "it has no labels")
+                raise ValueError(f"label group {name!r}: {why}")
+            merged[name] = sorted(set(merged.get(name, [])) | set(labels))
+        self._group.attrs.update(label_groups=merged)
+
     def add_source(self, entry: Mapping) -> None:
         """Record an ingested source (its path, options...) in the ``provenance`` attribute."""
         self._require_writable()
@@ -773,65 +761,82 @@ class ECGStore:
         provenance["sources"] = [*provenance.get("sources", []), dict(entry)]
         self._group.attrs.update(provenance=provenance)
 
-    # ---- ingest: encoded shards and the state of an unfinished run --------------------------------------------
-    def record_codec(self):
-        """The numcodecs codec that encodes one int16 record (L, T) as an inner chunk of ``signals``, or None when
-        the layout is not the one :meth:`write_encoded_shard` writes. Picklable: ingest workers encode with it."""
-        if self._reader is None:
-            return None
-        from numcodecs import Blosc
-
-        cfg = self._signals.metadata.to_dict()["codecs"][0]["configuration"]["codecs"][1]["configuration"]
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[cfg["shuffle"]]
-        return Blosc(cname=cfg["cname"], clevel=cfg["clevel"], shuffle=shuffle, blocksize=cfg.get("blocksize", 0))
+    # ---- primitives for writers that resume (ingest): encoded shards beyond the visible end, run state --------
+    def record_codec(self) -> ChunkCodec | None:
+        """The codec that encodes one int16 record (1, L, T) as an inner chunk of ``signals``, or None when the
+        layout is not one :meth:`write_encoded_shard` writes. Picklable: ingest's workers encode with it."""
+        return None if self._reader is None else self._reader.codec
 
     def encoded_chunks(self, k: int, count: int) -> list[bytes]:
-        """The encoded records ``0:count`` of shard ``k`` as stored (to rewrite a partial shard whole); zarr leaves
-        out an all-zero record's chunk, which comes back encoded here."""
-        zeros = self.record_codec().encode(np.zeros(self._signals.shape[1:], np.int16))
-        return [zeros if c is None else c for c in self._reader.chunks(k, count)]
+        """The encoded records ``0:count`` of shard ``k`` as stored (to rewrite a partial shard whole); an inner
+        chunk the index marks absent (zarr leaves out an all-zero record's) comes back encoded."""
+        zeros = None
+        out = []
+        for chunk in self._reader.chunks(k, count):
+            if chunk is None:
+                zeros = zeros or self._reader.codec.encode(np.zeros(self._reader.codec.shape, np.int16))
+            out.append(zeros if chunk is None else chunk)
+        return out
 
     def write_encoded_shard(self, k: int, chunks: list[bytes]) -> None:
         """Write shard ``k`` from records encoded with :meth:`record_codec`, in one atomic object write.
 
-        The shard lies beyond ``len(store)`` until :meth:`append_columns` and :meth:`flush` take its records in,
-        so that a run killed in between leaves the store as it was (the shard is rewritten on resuming).
+        The shard may lie beyond ``len(store)``: it stays invisible until :meth:`append_columns` and :meth:`flush`
+        take its records in, so that a run killed in between leaves the store as it was.
         """
         self._require_writable()
         self._reader.write(k, chunks)
 
-    @property
-    def ingest_state(self) -> dict | None:
-        """The attributes of an unfinished ingest run (``ingest_state`` group), None when there is none."""
-        if "ingest_state" not in self._group:
-            return None
-        return self._group["ingest_state"].attrs.asdict()
-
-    def begin_ingest(self, attrs: Mapping) -> None:
-        """Record the start of an ingest run: ``attrs`` say what it is and where the store stood."""
+    def discard(self) -> None:
+        """Remove an empty store's arrays, groups and attributes, undoing :meth:`create` (ingest does it when a
+        store it created took no record). Only what the store is made of: other files in its folder stay."""
         self._require_writable()
-        # One object write: a run killed at any moment has either no state or the whole of it.
-        self._state = self._group.create_group("ingest_state", overwrite=True, attributes=dict(attrs))
+        if self._n or self._pending:
+            raise ValueError(f"store {self.location} holds records; discard() removes only an empty store")
+        from zarr.core.sync import sync
 
-    def ingest_markers(self) -> list[dict]:
-        """The done markers of the unfinished run's shards, in shard order."""
-        if "ingest_state" not in self._group:
-            return []
-        state = self._group["ingest_state"]
-        names = sorted(state.group_keys(), key=lambda name: int(name.removeprefix("done_")))
-        return [state[name].attrs.asdict() for name in names]
+        for name in list(self._group.keys()):
+            del self._group[name]
+        sync(self._group.store.delete("zarr.json"))
+        self._writable = False  # nothing left to flush
+        root = getattr(self._group.store, "root", None)
+        if root is not None:
+            try:
+                os.rmdir(root)  # only when empty
+            except OSError:
+                pass
 
-    def put_ingest_marker(self, n: int, attrs: Mapping) -> None:
-        """The run's ``n``-th done marker (``ingest_state/done_<n>``): one object, written after the shard it marks,
-        holding that shard's new records' fields and the report rows up to it."""
+    def state_names(self) -> list[str]:
+        """The state groups of unfinished runs (``<writer>_state`` at the store's root)."""
+        return sorted(n for n in self._group.group_keys() if n.endswith(STATE_SUFFIX))
+
+    def state(self, name: str) -> dict | None:
+        """The attributes of the state group ``name``, None when there is none. A writer may set ``note`` (what
+        the run is) and ``hint`` (how to finish it): :meth:`summary` and :meth:`verify` print them."""
+        return self._group[name].attrs.asdict() if name in self._group else None
+
+    def state_entries(self, name: str) -> dict[str, dict]:
+        """The entries of the state group ``name`` (entry name -> attributes); empty when there is no group."""
+        if name not in self._group:
+            return {}
+        group = self._group[name]
+        return {entry: group[entry].attrs.asdict() for entry in group.group_keys()}
+
+    def begin_state(self, name: str, attrs: Mapping) -> None:
+        """Create the state group ``name`` (replacing any) with ``attrs``, in one object write: a run killed at any
+        moment has either no state or the whole of it."""
         self._require_writable()
-        if self._state is None:
-            self._state = self._group["ingest_state"]
-        self._state.create_group(f"done_{n}", overwrite=True, attributes=dict(attrs))
+        if not name.endswith(STATE_SUFFIX):
+            raise ValueError(f"a state group's name ends with {STATE_SUFFIX!r}, got {name!r}")
+        self._group.create_group(name, overwrite=True, attributes=dict(attrs))
 
-    def end_ingest(self) -> None:
-        """Remove the run's state and markers: the last step of a finished run."""
+    def put_state_entry(self, name: str, entry: str, attrs: Mapping) -> None:
+        """Write the entry ``entry`` of the state group ``name``: one object write."""
         self._require_writable()
-        if "ingest_state" in self._group:
-            del self._group["ingest_state"]
-        self._state = None
+        self._group[name].create_group(entry, overwrite=True, attributes=dict(attrs))
+
+    def end_state(self, name: str) -> None:
+        """Remove the state group ``name`` and its entries: the last step of a finished run."""
+        self._require_writable()
+        if name in self._group:
+            del self._group[name]

@@ -36,6 +36,7 @@ from numba import njit
 from ecgfast.leads import DERIVED, DERIVED_FROM_I_II, DOWER, LEADS8, LEADS12, lead_index
 
 MAX_ECGS = 5  # ECGs per patient: 1 to MAX_ECGS
+LABELS = ("low_lvef", "high_potassium")  # the keys of Cohort.labels, known before any cohort is made
 _PRE_S, _POST_S = 0.40, 0.70  # the beat template spans R - 0.40 s to R + 0.70 s
 _MIN_RR_S = 0.30  # shortest RR after jitter, which bounds the beats per recording
 _BANK_SAMPLES = 1 << 20
@@ -88,12 +89,13 @@ def make_cohort(n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 5
 
 def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 500.0, seconds: float = 10.0,
                  leads: int = 12, seed: int = 0, batch_patients: int = 2048, overwrite: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, storage_options: dict | None = None):
     """Generate the cohort in batches of ``batch_patients`` and append it to a new ``ECGStore`` at ``dest``.
 
     The store holds exactly what ``make_cohort`` with the same arguments returns (quantized to 1 µV), with labels
-    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL, ``overwrite`` replaces a store there,
-    ``progress`` shows a bar. Returns the store, open for reading.
+    ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL (``storage_options`` configure its
+    filesystem), ``overwrite`` replaces a store there (``--overwrite``), ``progress`` shows a bar. Returns the store,
+    open for reading.
     """
     from tqdm.auto import tqdm
 
@@ -105,7 +107,8 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
     bank = _noise_bank(seed, fs, shape[1])
     provenance = {"source": "ecgfast.synth", "n_patients": n_patients, "ecgs_per_patient": ecgs_per_patient,
                   "seconds": seconds, "seed": seed}
-    store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite)
+    store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite,
+                            storage_options=storage_options)
     with store, tqdm(total=n_patients, unit="patient", desc="synth", disable=not progress) as bar:
         for start in range(0, n_patients, batch_patients):
             stop = min(start + batch_patients, n_patients)
@@ -113,22 +116,22 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
             store.append(c.signals, lengths=c.lengths, record_ids=c.record_ids, patient_keys=c.patient_keys,
                          age=c.age, sex=c.sex, fs_original=np.full(len(c), fs, np.float32), labels=c.labels)
             bar.update(stop - start)
-    return ECGStore.open(dest)
+    return ECGStore.open(dest, storage_options=storage_options)
 
 
 def _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed):
     if int(n_patients) != n_patients or n_patients < 1:
-        raise ValueError(f"n_patients must be a positive integer, got {n_patients!r}")
+        raise ValueError(f"n_patients (--patients) must be a positive integer, got {n_patients!r}")
     if not 1.0 <= ecgs_per_patient <= MAX_ECGS:
-        raise ValueError(f"ecgs_per_patient must be in [1, {MAX_ECGS}], got {ecgs_per_patient}")
+        raise ValueError(f"ecgs_per_patient (--ecgs-per-patient) must be in [1, {MAX_ECGS}], got {ecgs_per_patient}")
     if not fs >= 50.0:
-        raise ValueError(f"fs must be at least 50 Hz, got {fs}")
+        raise ValueError(f"fs (--fs) must be at least 50 Hz, got {fs}")
     if not seconds * fs >= 1.0:
-        raise ValueError(f"seconds x fs must give at least one sample, got seconds={seconds}, fs={fs}")
+        raise ValueError(f"seconds x fs (--seconds, --fs) must give at least one sample, got seconds={seconds}, fs={fs}")
     if leads not in (8, 12):
-        raise ValueError(f"leads must be 8 or 12, got {leads!r}")
+        raise ValueError(f"leads (--leads) must be 8 or 12, got {leads!r}")
     if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
     lead_names = LEADS12 if leads == 12 else LEADS8
     return lead_names, int(round(seconds * fs)), float(fs), float(ecgs_per_patient), int(seed)
 
@@ -326,7 +329,7 @@ def _generate(start, stop, bank, lead_names, n_samples, fs, ecgs_per_patient, se
         signals=signals, lead_names=tuple(lead_names), fs=fs, lengths=np.full(len(pe), n_samples, np.int32),
         patient_keys=keys, record_ids=np.array([f"synth/{k}/e{i}" for k, i in zip(keys, j)]),
         age=_f32(age[pe]), sex=male[pe].astype(np.int8),
-        labels={"low_lvef": _f32(low_lvef[pe]), "high_potassium": _f32(high_k)},
+        labels=dict(zip(LABELS, (_f32(low_lvef[pe]), _f32(high_k)))),
         traits={"qrs_ms": _f32(qrs * 1000), "heart_rate": _f32(hr), "pr_ms": _f32(pr * 1000), "qt_ms": _f32(qt * 1000),
                 "t_r_ratio": _f32(t_ratio), "t_width_ms": _f32(t_sigma * 1000), "p_r_ratio": _f32(p_ratio),
                 "qrs_t_angle": _f32(np.degrees(angle)), "qrs_mv": _f32(qrs_mv),

@@ -12,7 +12,7 @@ import wfdb
 from scipy.signal import resample_poly
 
 from ecgfast.ingest import ingest
-from ecgfast.ingest.driver import detect_format
+from ecgfast.ingest import detect_format
 from ecgfast.leads import LEADS8, LEADS12
 from ecgfast.store import ECGStore
 
@@ -184,15 +184,19 @@ def test_code15_exams_trimmed_resampled_and_grouped_by_patient(tmp_path):
         n = expected.shape[1]
         assert store.lengths[row] == n  # the zero padding at both ends is trimmed
         np.testing.assert_allclose(store.read([row])[0][:, :n], expected, rtol=0, atol=UV / 2 + 1e-5)
-    assert len(store.report["level"]) == 0
+    # Exam 101 fills all 4096 samples (10.24 s): the 0.24 s beyond the store's 10 s are reported, not lost silently.
+    assert report_rows(store) == {"code15/exams_part0/101": ("warn", "cropped")}
+    assert "0.24 s of 10.2 s discarded" in store.report["reason"][0]
 
 
 def test_code15_unit_override_and_implausible_amplitude_warning(tmp_path):
     write_code15(tmp_path / "c", [(5, 1)], [4096], unit_mv=0.1)  # stored in units of 100 uV
     store, _ = ingested(tmp_path / "c", tmp_path, format="code15", source_unit_uv=100)
-    assert len(store.report["level"]) == 0 and 0.3 < np.ptp(store.read([0])).max() < 5
+    # (the exam fills all 4096 samples, 10.24 s: the only row is the crop to 10 s)
+    assert report_rows(store) == {"c/exams_part0/5": ("warn", "cropped")} and 0.3 < np.ptp(store.read([0])).max() < 5
     store2, report = ingested(tmp_path / "c", tmp_path / "again", format="code15")  # read as mV: 10x too large
-    assert report_rows(store2) == {"c/exams_part0/5": ("warn", "amplitude")}
+    assert sorted(zip(store2.report["level"], [r.split()[0] for r in store2.report["reason"]])) == [
+        ("warn", "amplitude"), ("warn", "cropped")]
 
 
 # ---- NumPy --------------------------------------------------------------------------------------------------
@@ -283,6 +287,133 @@ def test_ptbxl_layout_500_hz_records_and_patients(tmp_path):
                                          "ptbxl/records500/00000/00002_hr"]
     assert store.patient_keys.tolist() == ["ptbxl/15709", "ptbxl/15709", "ptbxl/13243"]
     assert (store.fs_original == 500).all()
+
+
+# The PTB-XL fixture: rows in the real files' column layouts (scp_statements.csv's first column unnamed), with the
+# real statements' flags and classes; codes with '/' and '()', likelihood 0, a code the table does not list, a
+# record without codes, an age of 300, unknown sex, age and fold.
+_STATEMENTS = [
+    ["", "description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass",
+     "Statement Category"],
+    ["NDT", "non-diagnostic T abnormalities", "1.0", "1.0", "", "STTC", "STTC", "other ST-T descriptive statements"],
+    ["NORM", "normal ECG", "1.0", "", "", "NORM", "NORM", "Normal/abnormal"],
+    ["IMI", "inferior myocardial infarction", "1.0", "", "", "MI", "IMI", "Myocardial Infarction"],
+    ["LAFB", "left anterior fascicular block", "1.0", "", "", "CD", "LAFB/LPFB", "Conduction disturbances"],
+    ["LPFB", "left posterior fascicular block", "1.0", "", "", "CD", "LAFB/LPFB", "Conduction disturbances"],
+    ["LAO/LAE", "left atrial overload/enlargement", "1.0", "", "", "HYP", "LAO/LAE", "Atrial statements"],
+    ["1AVB", "first degree AV block", "1.0", "", "", "CD", "_AVB", "Sinus node dysfunction, atrial and AV-conduction"],
+    ["PVC", "ventricular premature complex", "", "1.0", "", "", "", "ectopic rhythm abnormalities"],
+    ["PRC(S)", "premature complex(es)", "", "1.0", "", "", "", "ectopic rhythm abnormalities"],
+    ["SR", "sinus rhythm", "", "", "1.0", "", "", "impulse formation"],
+    ["AFIB", "atrial fibrillation", "", "", "1.0", "", "", "impulse formation"],
+]
+_DATABASE = [  # ecg_id, patient_id, age, sex (0 male, 1 female), scp_codes, strat_fold
+    (1, "15709.0", "56.0", "1", "{'NORM': 100.0, 'SR': 0.0}", "3"),
+    (2, "13243.0", "19.0", "0", "{'IMI': 35.0, 'LAFB': 100.0, 'PVC': 100.0, 'SR': 0.0}", "9"),
+    (3, "15709.0", "57.0", "1", "{'NDT': 100.0, 'AFIB': 0.0}", "10"),
+    (4, "20372.0", "300.0", "0", "{'PRC(S)': 0.0}", "10"),
+    (5, "17014.0", "", "", "{'LAO/LAE': 50.0, '1AVB': 100.0, 'SR': 0.0}", "1"),
+    (6, "17448.0", "70.0", "1", "{}", ""),
+    (7, "19005.0", "45.0", "0", "{'XYZ': 0.0}", "2"),
+]
+
+
+def _ptbxl_tree(root, rows=_DATABASE):
+    import csv
+
+    for row in rows:
+        _wfdb(root / "records500/00000", f"{row[0]:05d}_hr", n=1000, seed=row[0])
+    with open(root / "scp_statements.csv", "w", newline="") as f:
+        csv.writer(f).writerows(_STATEMENTS)
+    with open(root / "ptbxl_database.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_fold", "filename_lr",
+                      "filename_hr"])
+        for ecg_id, patient, age, sex, codes, fold in rows:
+            out.writerow([ecg_id, patient, age, sex, "sinusrhythmus, normales ekg", codes, fold,
+                          f"records100/00000/{ecg_id:05d}_lr", f"records500/00000/{ecg_id:05d}_hr"])
+    return root
+
+
+def _benchmark_tasks(root):
+    """Each task's classes and its records' multi-hot rows (filename_hr -> {class: 0/1}), computed from the CSVs
+    with pandas as helme/ecg_ptbxl_benchmarking's compute_label_aggregations and select_data (min_samples 0) do:
+    a record enters a task with at least one class of it."""
+    import ast
+
+    import pandas as pd
+
+    db = pd.read_csv(root / "ptbxl_database.csv", index_col="ecg_id")
+    codes = db.scp_codes.apply(ast.literal_eval)
+    table = pd.read_csv(root / "scp_statements.csv", index_col=0)
+    diag = table[table.diagnostic == 1.0]
+    sets = {
+        "all": codes.apply(lambda d: set(d)),
+        "diag": codes.apply(lambda d: {c for c in d if c in diag.index}),
+        "sub": codes.apply(lambda d: {diag.loc[c].diagnostic_subclass for c in d
+                                      if c in diag.index and pd.notna(diag.loc[c].diagnostic_subclass)}),
+        "super": codes.apply(lambda d: {diag.loc[c].diagnostic_class for c in d
+                                        if c in diag.index and pd.notna(diag.loc[c].diagnostic_class)}),
+        "form": codes.apply(lambda d: {c for c in d if c in table[table.form == 1.0].index}),
+        "rhythm": codes.apply(lambda d: {c for c in d if c in table[table.rhythm == 1.0].index}),
+    }
+    out = {}
+    for task, per_record in sets.items():
+        classes = sorted(set().union(*per_record))
+        out[task] = (classes, {db.filename_hr[i]: {c: float(c in s) for c in classes}
+                               for i, s in per_record.items() if s})
+    return db, out
+
+
+def test_ptbxl_labels_groups_folds_and_demographics_match_the_benchmark(tmp_path):
+    import re
+
+    root = _ptbxl_tree(tmp_path / "ptbxl")
+    store, report = ingested(root, tmp_path, seconds=2)
+    assert report.stored == 7 and len(store.report["level"]) == 0
+    db, tasks = _benchmark_tasks(root)
+    prefix = {"all": "scp", "diag": "diag", "sub": "sub", "super": "super", "form": "form", "rhythm": "rhythm"}
+    items = [rid.removeprefix("ptbxl/") for rid in store.record_ids.tolist()]
+    labels, expected_names = store.labels, set()
+    for task, (classes, rows) in tasks.items():
+        names = {f"{prefix[task]}_{re.sub(r'[^A-Za-z0-9_.-]', '_', c)}": c for c in classes}
+        assert sorted(store.label_group(task)) == sorted(names), task
+        expected_names |= set(names)
+        for i, item in enumerate(items):
+            got = {c: float(labels[name][i]) for name, c in names.items()}
+            if item in rows:
+                assert got == rows[item], (task, item)
+            else:  # outside the task: NaN for every label of the group
+                assert all(np.isnan(v) for v in got.values()), (task, item)
+    assert set(store.label_names) == expected_names
+    # A few cells by hand, so that the reference above is checked too.
+    row = {item: i for i, item in enumerate(items)}
+    assert tasks["super"][0] == ["CD", "HYP", "MI", "NORM", "STTC"]
+    assert labels["super_MI"][row["records500/00000/00002_hr"]] == 1 and labels["sub_LAFB_LPFB"][row[
+        "records500/00000/00002_hr"]] == 1 and "diag_LPFB" not in labels
+    assert labels["rhythm_SR"][row["records500/00000/00001_hr"]] == 1  # likelihood 0 counts as present
+    assert labels["scp_XYZ"][row["records500/00000/00007_hr"]] == 1 and np.isnan(
+        labels["super_NORM"][row["records500/00000/00007_hr"]])
+    assert labels["form_NDT"][row["records500/00000/00003_hr"]] == 1 == labels["diag_NDT"][row[
+        "records500/00000/00003_hr"]]
+    assert all(np.isnan(labels[n][row["records500/00000/00006_hr"]]) for n in labels)  # scp_codes {}
+    # Folds, patients, age and sex from the index (PTB-XL's sex: 0 male, 1 female; the store's: 1 male, 0 female).
+    by_item = db.set_index("filename_hr")
+    np.testing.assert_array_equal(store.folds, [-1 if np.isnan(by_item.strat_fold[it]) else by_item.strat_fold[it]
+                                                for it in items])
+    assert store.patient_keys.tolist() == [f"ptbxl/{int(by_item.patient_id[it])}" for it in items]
+    assert store.sex.tolist() == [{0.0: 1, 1.0: 0}.get(by_item.sex[it], -1) for it in items]
+    ages = [by_item.age[it] if by_item.age[it] < 150 else np.nan for it in items]  # 300: not an age
+    np.testing.assert_array_equal(store.age, np.array(ages, np.float32))
+
+
+def test_ptbxl_bad_index_values_name_the_record_before_anything_is_written(tmp_path):
+    bad = [("{'NORM': 100.0", "3", "scp_codes"), ("['NORM']", "3", "scp_codes"), ("{'NORM': 100.0}", "x", "strat_fold")]
+    for n, (codes, fold, match) in enumerate(bad):
+        root = _ptbxl_tree(tmp_path / f"bad{n}", [(1, "1.0", "50", "0", codes, fold)])
+        with pytest.raises(ValueError, match=f"record records500/00000/00001_hr: {match}"):
+            ingest(root, tmp_path / f"bad{n}.zarr", progress=False)
+        assert not (tmp_path / f"bad{n}.zarr").exists()
 
 
 def test_mimic_layout_subjects_are_patients(tmp_path):

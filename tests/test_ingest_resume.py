@@ -1,6 +1,8 @@
-"""Interrupted ingest: a real kill -9 of the ``ecgfast ingest`` process at several points, then the same command:
-every good record exactly once, the report complete, the store equal to an uninterrupted run's. Also: stores that
-refuse an ingest are left unchanged, ``--strict``, ``memory://`` with worker processes, appends."""
+"""Interrupted ingest: a real kill -9 of the ``ecgfast ingest`` process at several points (by time, and at named
+fault points during the final write-out), Ctrl-C to the process group with worker processes, then the same command:
+every good record exactly once, the report complete, the store equal to an uninterrupted run's, no worker left
+behind. Also: stores that refuse an ingest are left unchanged, ``--strict``, ``memory://`` with worker processes,
+appends."""
 
 import hashlib
 import os
@@ -105,7 +107,7 @@ def test_kill_9_at_several_points_then_the_same_command_finishes_exactly_once(so
         ("src/r007", "warn", "flat_lead"), ("src/r030x_truncated", "skip", "truncated"),
         ("src/r060x_broken", "skip", "bad_header"), ("src/r070", "warn", "flat_lead"),
         ("src/r090x_flat", "skip", "flat_record")]
-    assert store.ingest_state is None and not (dest / "ingest_state").exists()
+    assert store.state("ingest_state") is None and not (dest / "ingest_state").exists()
     assert len(store.attrs["provenance"]["sources"]) == 1
     # The same command once more: nothing to do, nothing added.
     again = subprocess.run(_command(source, dest, 1), capture_output=True, text=True, timeout=120)
@@ -190,3 +192,60 @@ def test_interrupted_inside_a_record_split_into_windows(data_dir, tmp_path, monk
     _assert_same_fields(store, reference)
     np.testing.assert_array_equal(store.read_block(0, len(store), raw=True),
                                   reference.read_block(0, len(reference), raw=True))
+
+
+def _with_fault(cmd, fault: str, timeout=120.0):
+    """Run ``cmd`` in a process group of its own with the named fault point armed (``ecgfast.ingest.faults``)."""
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ECGFAST_FAULT": fault})
+    out, err = proc.communicate(timeout=timeout)
+    return proc, out, err
+
+
+def _finish_and_compare(source, dest, reference, workers=1):
+    done = subprocess.run(_command(source, dest, workers), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    store = ECGStore.open(dest)
+    assert len(store) == N_GOOD and store.state_names() == []
+    _assert_same_fields(store, reference)
+    np.testing.assert_array_equal(store.read_block(0, N_GOOD, raw=True), reference.read_block(0, N_GOOD, raw=True))
+    assert sorted(zip(*store.report.values())) == sorted(zip(*reference.report.values()))
+    assert len(store.attrs["provenance"]["sources"]) == 1 and store.verify() == []
+    return done
+
+
+def test_killed_during_the_final_write_out_the_same_command_finishes_exactly_once(source, reference, tmp_path):
+    """Killed after the columns, report and provenance are written but before the store grows (its records are
+    not visible yet); run again and killed after the store grew but before the run's state is removed; run again."""
+    dest = tmp_path / "s.zarr"
+    for point, visible in (("ingest.columns", 0), ("ingest.grown", N_GOOD)):
+        proc, _, _ = _with_fault(_command(source, dest, 1), f"{point}:kill")
+        assert proc.returncode == -signal.SIGKILL
+        store = ECGStore.open(dest)
+        assert len(store) == visible and store.state_names() == ["ingest_state"], point
+        assert "unfinished run of" in store.summary()
+    _finish_and_compare(source, dest, reference)
+
+
+def test_ctrl_c_with_worker_processes_loses_nothing_and_leaves_no_worker(source, reference, tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C in a terminal does) once three shards are marked done, while
+    two worker processes convert: the command says how to finish and exits 130, every process of the group is
+    gone, and the same command finishes the run with every record exactly once."""
+    dest = tmp_path / "s.zarr"
+    proc, _, err = _with_fault(_command(source, dest, 2), "ingest.marked@3:sigint")
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("ecgfast ingest: interrupted; run the same command again to finish it")
+    deadline = time.monotonic() + 10
+    while True:  # multiprocessing's resource tracker takes a moment to see the pipe close
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("a process of the interrupted ingest outlived it")
+        time.sleep(0.05)
+    store = ECGStore.open(dest)
+    assert len(store) == 0 and len(store.state_entries("ingest_state")) == 3
+    done = _finish_and_compare(source, dest, reference, workers=2)
+    assert "resumed an interrupted run that had written 12" in done.stdout  # 3 shards of 4

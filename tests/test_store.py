@@ -250,3 +250,65 @@ def test_report_and_summary(tmp_path):
     for part in ("records   45", "patients 15", "af: 16 known, prevalence 0.500", "skip truncated: 2",
                  "warn flat_lead: 1", "MB"):
         assert part in text, part
+
+
+def test_storage_options_pass_through_create_open_and_ingest(data_dir, monkeypatch):
+    """``storage_options`` reach fsspec's filesystem (an S3-compatible endpoint's URL, keys...) from every entry."""
+    from ecgfast.ingest import ingest
+
+    seen = []
+    from_url = zarr.storage.FsspecStore.from_url
+
+    def recording(url, **kwargs):
+        seen.append((url, kwargs.get("storage_options")))
+        return from_url(url, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.FsspecStore, "from_url", staticmethod(recording))
+    options = {"endpoint_url": "http://localhost:9000", "anon": False}
+    url = "memory://ecgfast-options/store.zarr"
+    with ECGStore.create(url, LEADS12, 500, T, chunk_records=4, overwrite=True, storage_options=options) as store:
+        _append(store, _signals(5))
+    store = ECGStore.open(url, storage_options=options)
+    fs = store._group.store.fs  # the filesystem itself was made with them (memory:// is wrapped to be async)
+    assert options.items() <= getattr(fs, "sync_fs", fs).storage_options.items()
+    np.testing.assert_allclose(store.read([4]), _expected_mv(_signals(5))[[4]], rtol=2e-7, atol=1e-6)
+    ingest(data_dir / "ptb_frank", "memory://ecgfast-options/ptb.zarr", storage_options=options, progress=False)
+    assert len(ECGStore.open("memory://ecgfast-options/ptb.zarr", storage_options=options)) == 1
+    assert seen and all(opts == options for _, opts in seen)
+    assert {u for u, _ in seen} == {url, "memory://ecgfast-options/ptb.zarr"}
+    with pytest.raises(ValueError, match="apply to fsspec URLs"):
+        ECGStore.open("some/local/path.zarr", storage_options=options)
+
+
+def test_folds_and_label_groups_and_a_store_from_before_the_fold_field(tmp_path):
+    """``fold`` came after schema 1's first stores: one without the array opens, reads -1, verifies clean and gets
+    the array (-1 for its earlier records) with its next append. Label groups name labels; bad ones are refused."""
+    path = tmp_path / "old.zarr"
+    with ECGStore.create(path, LEADS8, 500, T, chunk_records=4) as store:
+        _append(store, _signals(3, leads=8), labels={"a": [1.0, 0.0, np.nan]})
+    del zarr.open_group(str(path), mode="r+")["fold"]  # as a store written before the field
+    store = ECGStore.open(path)
+    assert store.folds.tolist() == [-1, -1, -1] and store.verify() == [] and store.label_groups == {}
+    with ECGStore.open(path, mode="r+") as store:
+        store.append(_signals(2, leads=8), lengths=[T, T], record_ids=["src/r3", "src/r4"], patient_keys=["x", "y"],
+                     fold=[9, 10], labels={"b": [1.0, 1.0]})
+        store.add_label_groups({"g": ["a", "b"]})
+        store.add_label_groups({"g": ["a"], "h": ["b"]})  # merged into what is there
+        for groups, match in (({"g": ["a", "zz"]}, "not in the store"), ({"a": ["b"]}, "a label's name"),
+                              ({"e": []}, "no labels")):
+            with pytest.raises(ValueError, match=match):
+                store.add_label_groups(groups)
+        for fold, match in (([128, 1], "fold"), ([1.5, 2.0], "fold")):
+            with pytest.raises(ValueError, match=match):
+                store.append(_signals(2, leads=8), lengths=[T, T], record_ids=["s/5", "s/6"], patient_keys=["z"] * 2,
+                             fold=fold)
+        with pytest.raises(ValueError, match="without '/'"):
+            store.append(_signals(1, leads=8), lengths=[T], record_ids=["s/7"], patient_keys=["z"],
+                         labels={"sub_LAFB/LPFB": [1.0]})
+    store = ECGStore.open(path)
+    assert zarr.open_group(str(path), mode="r")["fold"][:].tolist() == [-1, -1, -1, 9, 10]
+    assert store.folds.tolist() == [-1, -1, -1, 9, 10] and store.verify() == []
+    assert store.label_groups == {"g": ["a", "b"], "h": ["b"]} and store.label_group("h") == ["b"]
+    with pytest.raises(ValueError, match="no label group 'super'.*its groups: g, h"):
+        store.label_group("super")
+    assert "folds     9: 1  10: 1  (none: 3)" in store.summary() and "group     g: 2 labels" in store.summary()

@@ -1,9 +1,12 @@
-"""train.py end to end at the micro preset (seconds): pretrain, evaluate, embed, resume, and two gloo processes."""
+"""train.py end to end at the micro preset (seconds): the demo, an unlabelled store, settings read from the checkpoint,
+runs that never overwrite each other, resume, failures that speak, and two gloo processes."""
 
 import csv
 import importlib.util
+import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,46 +27,245 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cohort")
 
 
+@pytest.fixture(scope="module")
+def cpsc(tmp_path_factory, data_dir):
+    """The CPSC-2018 records (10-54 s, no labels) as 10 s windows: an unlabelled archive."""
+    from ecgfast.ingest import ingest
+
+    dest = tmp_path_factory.mktemp("stores") / "cpsc.zarr"
+    ingest(data_dir / "cpsc2018", dest, split=True, workers=1, progress=False)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cinc_dx(tmp_path_factory, data_dir):
+    """The CinC-2021 records with one dx_<SNOMED code> label per diagnosis."""
+    from ecgfast.ingest import ingest
+
+    dest = tmp_path_factory.mktemp("stores") / "cinc_dx.zarr"
+    ingest(data_dir / "cinc2021", dest, labels_from_dx=True, workers=1, progress=False)
+    return dest
+
+
 def micro(tmp_path, cache, *args):
     return [*args, "--preset", "micro", "--out", str(tmp_path), "--cache", str(cache)]
 
 
+def run(capsys, argv) -> tuple[int, str, str]:
+    code = train.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def refused(capsys, argv, *words) -> str:
+    """Runs a command that must fail with one line naming ``words``, and returns that line."""
+    code, _, err = run(capsys, argv)
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def test_micro_demo_writes_every_output(tmp_path, cache, capsys):
-    train.main(micro(tmp_path, cache))
-    run = tmp_path / "micro-seed0"
+    assert train.main(micro(tmp_path, cache)) == 0
+    run_dir = tmp_path / "micro-synth-p60-50hz-seed0"  # the default name says the data: the cohort's settings
     for name in ("config.json", "split.json", "pretrain.pt", "pretrain_log.csv", "results.csv", "results.json",
                  "auroc.png"):
-        assert (run / name).exists(), name
-    rows = list(csv.DictReader(open(run / "results.csv")))
+        assert (run_dir / name).exists(), name
+    rows = list(csv.DictReader(open(run_dir / "results.csv")))
     assert {r["arm"] for r in rows} == {"prevalence", "random", "random_probe", "frozen", "finetuned"}
     assert {float(r["fraction"]) for r in rows} == {0.1, 1.0}
     for r in rows:
         assert 0.0 <= float(r["test_auroc_lo"]) <= float(r["test_auroc"]) <= float(r["test_auroc_hi"]) <= 1.0
-    log = list(csv.DictReader(open(run / "pretrain_log.csv")))
-    assert len(log) == torch.load(run / "pretrain.pt", weights_only=False)["step"] > 0
+    log = list(csv.DictReader(open(run_dir / "pretrain_log.csv")))
+    assert len(log) == torch.load(run_dir / "pretrain.pt", weights_only=False)["step"] > 0
     assert all(np.isfinite(float(r["loss"])) for r in log)
     assert "test AUROC" in capsys.readouterr().out
 
     # The test patients of the split never reach pretraining; every ECG of a patient stays on one side.
-    split = train.load_split(train.Config(**train.PRESETS["micro"]), None, run)
+    split = train.load_split(train.Config(**train.PRESETS["micro"][1]), None, run_dir)
     assert not set(split.test) & (set(split.train) | set(split.val))
 
     out = tmp_path / "features.npy"
-    train.main(micro(tmp_path, cache, "embed", "--out-features", str(out)))
+    assert train.main(micro(tmp_path, cache, "embed", "--out-features", str(out))) == 0
     feats = np.load(out)
     ids = out.with_suffix(".record_ids.txt").read_text().split()
-    assert feats.shape[0] == len(ids) and np.isfinite(feats).all()
+    assert feats.shape == (len(ids), 16) and np.isfinite(feats).all()
+
+    # Run again, the demo refuses the finished checkpoint and changes nothing.
+    before = snapshot(run_dir)
+    refused(capsys, micro(tmp_path, cache), "pretrain.pt exists", "--resume", "--overwrite")
+    assert snapshot(run_dir) == before
+    # An embed never replaces a file it did not write without being told.
+    refused(capsys, micro(tmp_path, cache, "embed", "--out-features", str(out)), "--out-features", "--overwrite")
 
 
-def test_resume_continues_the_same_trajectory(tmp_path, cache):
-    train.main(micro(tmp_path, cache, "pretrain", "--name", "straight", "--max-steps", "4"))
-    train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "2"))
-    train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume"))
+def test_unlabelled_store_pretrains_and_the_checkpoint_carries_its_settings(tmp_path, cache, cpsc, cinc_dx, capsys):
+    # Pretraining needs no labels: every record of the CPSC store pretrains, no split is drawn. The preset's rate
+    # (50 Hz) gives way to the store's 500 Hz.
+    code, out, _ = run(capsys, micro(tmp_path, cache, "pretrain", "--data", str(cpsc), "--model", "single",
+                                     "--width", "1/16", "--window-s", "1.5", "--batch-size", "8", "--max-steps", "2"))
+    assert code == 0 and "pretraining on every record" in out
+    run_dir = tmp_path / "micro-cpsc-seed0"
+    ckpt = torch.load(run_dir / "pretrain.pt", weights_only=False)
+    assert ckpt["step"] == 2 and not (run_dir / "split.json").exists()
+    assert ckpt["config"]["fs"] == 500.0 and ckpt["config"]["tasks"] == ()
+    assert ckpt["loader"]["epoch"] == 1  # 21 windows in batches of 8: two steps are one whole epoch, nobody held out
+    ckpt_path = str(run_dir / "pretrain.pt")
+
+    # embed takes model, width, fs and window from the checkpoint (the preset says dual, 1/32, 50 Hz, 2 s).
+    features = tmp_path / "cpsc.npy"
+    assert train.main(micro(tmp_path, cache, "embed", "--data", str(cpsc), "--checkpoint", ckpt_path,
+                            "--out-features", str(features))) == 0
+    model = train.make_model(train.Config(model="single", width=1 / 16))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    from ecgfast.store import ECGStore
+
+    with ECGStore.open(cpsc) as store:
+        expected = model.features(torch.from_numpy(train.center_windows(store, np.arange(3), 750))).detach()
+    np.testing.assert_allclose(np.load(features)[:3], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+    # So does evaluate, on a labelled store of the same rate.
+    assert train.main(micro(tmp_path, cache, "evaluate", "--data", str(cinc_dx), "--tasks", "dx_426783006",
+                            "--checkpoint", ckpt_path, "--fractions", "1", "--downstream-epochs", "1",
+                            "--downstream-max-steps", "1")) == 0
+    config = json.loads((tmp_path / "micro-cinc_dx-seed0" / "config.json").read_text())
+    assert (config["model"], config["width"], config["fs"], config["window_s"]) == ("single", 1 / 16, 500.0, 1.5)
+    assert config["command"] == "evaluate" and config["data_id"] == str(Path(cinc_dx).resolve())
+
+    # A value that contradicts the checkpoint is refused, naming both; so is another architecture.
+    evaluate = micro(tmp_path, cache, "evaluate", "--data", str(cinc_dx), "--tasks", "dx_426783006",
+                     "--checkpoint", ckpt_path)
+    refused(capsys, evaluate + ["--model", "dual"], "--model dual", "a single-stream network")
+    refused(capsys, evaluate + ["--width", "0.5"], "--width 0.5", "--width 0.0625")
+    refused(capsys, evaluate + ["--window-s", "2.5"], "--window-s 2.5", "--window-s 1.5")
+    train.open_data(train.Config(**{**train.PRESETS["micro"][1], "cache": str(cache)}))  # the 50 Hz cohort
+    cohort = str(cache / "synth-p60-seed0-50hz.zarr")
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--data", cohort, "--checkpoint", ckpt_path),
+            "pretrained on 500 Hz views", "50 Hz records")
+    torch.save(ckpt["model"], tmp_path / "weights.pt")  # a bare state dict says nothing of its settings
+    refused(capsys, evaluate + ["--checkpoint", str(tmp_path / "weights.pt")],
+            "is not an encoder checkpoint")
+
+
+def test_runs_never_overwrite_each_other(tmp_path, cache, cinc_dx, capsys):
+    pretrain = micro(tmp_path, cache, "pretrain", "--max-steps", "2")
+    assert train.main(pretrain) == 0
+    run_dir = tmp_path / "micro-synth-p60-50hz-seed0"
+    before = snapshot(run_dir)
+
+    # A second pretrain refuses the checkpoint; a failing command leaves config.json as it was.
+    refused(capsys, pretrain, "pretrain.pt exists (step 2)", "--resume", "--overwrite")
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--tasks", "nosuch"), "--tasks", "nosuch", "low_lvef")
+    # Another store, preset or seed in this folder is refused, naming both; and nothing in it changes.
+    other = ["--name", run_dir.name, "--checkpoint", str(run_dir / "pretrain.pt")]
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--data", str(cinc_dx), "--tasks", "dx_426783006", *other),
+            str(run_dir), "synthetic cohort", str(Path(cinc_dx).resolve()), "--overwrite")
+    refused(capsys, micro(tmp_path, cache, "pretrain", "--seed", "1", "--patients", "60", "--name", run_dir.name),
+            "--seed 0", "--seed 1")
+    assert snapshot(run_dir) == before
+
+    # evaluate --overwrite takes the folder over for another preset, but keeps the checkpoint it evaluates.
+    assert train.main(["evaluate", *other, "--preset", "demo", "--out", str(tmp_path), "--cache", str(cache),
+                       "--patients", "60", "--tasks", "low_lvef", "--fractions", "1", "--downstream-epochs", "1",
+                       "--downstream-seeds", "1", "--downstream-max-steps", "1", "--overwrite"]) == 0
+    after = snapshot(run_dir)
+    assert after["pretrain.pt"] == before["pretrain.pt"] and after["pretrain_log.csv"] == before["pretrain_log.csv"]
+    assert json.loads(after["config.json"])["preset"] == "demo" and "results.csv" in after
+
+    # --overwrite starts again: one run in the log, a new TensorBoard folder.
+    assert train.main(pretrain + ["--max-steps", "3", "--overwrite"]) == 0
+    log = list(csv.DictReader(open(run_dir / "pretrain_log.csv")))
+    assert [int(r["step"]) for r in log] == [1, 2, 3]
+    assert len(list((run_dir / "tb").iterdir())) == 1
+    assert json.loads((run_dir / "config.json").read_text())["preset"] == "micro"
+
+
+def test_resume_continues_the_same_trajectory(tmp_path, cache, capsys):
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "straight", "--max-steps", "4")) == 0
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "2")) == 0
+    # Steps after the last checkpoint (a run killed at step 3) are logged again by the resumed run, once.
+    with open(tmp_path / "resumed" / "pretrain_log.csv", "a") as f:
+        f.write("3,0,9.99,1,0,0\n")
+    refused(capsys, micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume",
+                          "--lr", "0.5"), "--lr 0.5", "0.001")
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume")) == 0
     a = torch.load(tmp_path / "straight" / "pretrain.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "pretrain.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    log = list(csv.DictReader(open(tmp_path / "resumed" / "pretrain_log.csv")))
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4] and "9.99" not in {r["loss"] for r in log}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--tasks", "nosuch"], ["--tasks", "nosuch", "high_potassium, low_lvef"]),
+    (["--fractions", "0.5", "1"], ["--downstream-epochs", "one value per --fractions"]),
+    (["--device", "cuda:0"], ["--device", "no CUDA"]),
+    (["--batch-size", "1"], ["--batch-size 1"]),
+    (["--loss", "ntxent", "--copies", "3"], ["--copies 3", "--copies 2"]),
+    (["evaluate"], ["no pretrained checkpoint", "--checkpoint"]),
+    (["evaluate", "--resume"], ["--resume"]),
+    (["pretrain", "--checkpoint", "x.pt"], ["--checkpoint", "evaluate and embed"]),
+    (["embed", "--out", "features.npy"], ["--out features.npy", "--out-features"]),
+    (["pretrain", "--data", "nosuch.zarr"], ["nosuch.zarr"]),
+    (["pretrain", "--data", "CPSC", "--batch-size", "64"], ["--batch-size 64", "21 records", "--batch-size 21"]),
+    (["pretrain", "--data", "CPSC", "--fs", "100"], ["--fs 100", "500 Hz"]),
+    (["pretrain", "--data", "CPSC", "--window-s", "60"], ["--window-s 60", "longest record"]),
+    (["evaluate", "--data", "CPSC", "--tasks", "af", "--checkpoint", "CKPT"], ["--tasks", "af", "none"]),
+])
+def test_failures_name_the_option(tmp_path, cpsc, capsys, args, words):
+    if torch.cuda.is_available() and "--device" in args:
+        pytest.skip("this machine has CUDA")
+    ckpt = tmp_path / "fake.pt"
+    torch.save({"model": train.make_model(train.Config(fs=500.0)).state_dict(), "step": 0,
+                "config": vars(train.Config(fs=500.0))}, ckpt)
+    args = [str(cpsc) if a == "CPSC" else str(ckpt) if a == "CKPT" else a for a in args]
+    cache = tmp_path / "cache"
+    refused(capsys, ["--out", str(tmp_path / "runs"), "--cache", str(cache), *args], *words)
+    assert not cache.exists()  # refused before any data was made
+
+
+def test_option_errors_and_unexpected_ones(tmp_path, capsys, monkeypatch):
+    for bad in (["--loss", "foo"], ["--model", "foo"], ["--preset", "big"], ["--width", "1/0"]):
+        with pytest.raises(SystemExit) as exc:
+            train.main(bad)
+        assert exc.value.code == 2
+        assert "invalid" in capsys.readouterr().err
+
+    def broken(cfg):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train, "open_data", broken)
+    argv = ["pretrain", "--out", str(tmp_path)]
+    code, _, err = run(capsys, argv)
+    assert code == 1 and err.strip() == "train.py pretrain: error: RuntimeError: disk on fire (--debug shows the " \
+                                        "traceback)"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train.main(argv + ["--debug"])
+
+
+def test_command_line_exit_status_and_help(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--loss", "foo"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and "--loss: invalid choice: 'foo' (choose from" in done.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+    help_text = train.make_parser().format_help()
+    for f in train.dataclasses.fields(train.Config):
+        option = train.flag(f.name)
+        entry = help_text.split(f"  {option}", 1)[1].split("\n  --", 1)[0]
+        assert "default" in entry, option
+    for name in train.PRESETS:
+        assert f"\n  {name} " in help_text
+    assert "--out-features" in help_text and "--debug" in help_text
 
 
 def _free_port() -> int:
@@ -76,12 +278,12 @@ def _rank(rank, world, port, argv):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    train.main(argv)
+    assert train.main(argv) == 0
 
 
 def test_two_gloo_processes_pretrain_together(tmp_path, cache):
     # Build the cohort here first so that the two ranks only open it.
-    train.open_data(train.Config(**{**train.PRESETS["micro"], "cache": str(cache)}))
+    train.open_data(train.Config(**{**train.PRESETS["micro"][1], "cache": str(cache)}))
     argv = micro(tmp_path, cache, "pretrain", "--name", "ddp", "--max-steps", "2")
     mp.start_processes(_rank, args=(2, _free_port(), argv), nprocs=2, join=True, start_method="spawn")
     ckpt = torch.load(tmp_path / "ddp" / "pretrain.pt", weights_only=False)

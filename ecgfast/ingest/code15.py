@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, source_files
+from ecgfast.ingest.record import Option, Reader, Record, SkipRecord, age_years, source_files
 
 LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 FS = 400.0
@@ -26,15 +26,17 @@ UNIT_UV = 1000.0
 PLAUSIBLE_MV = (0.1, 5.0)
 
 
-class Code15Reader:
+class Code15Reader(Reader):
     """Items ``<file path without .hdf5>/<exam_id>``; ``read(item)`` gives one exam in millivolts."""
 
     format = "code15"
-    OPTIONS = ("source_unit_uv",)
+    ALIASES = ("hdf5",)
+    SUFFIXES = (".hdf5", ".h5")
+    OPTIONS = (Option("source_unit_uv", f"microvolts per unit of the samples (default {UNIT_UV:g})", float),)
 
     def __init__(self, root, source_unit_uv: float | None = None):
         self.root = Path(root)
-        self.files = source_files(self.root, (".hdf5", ".h5"))
+        self.files = source_files(self.root, self.SUFFIXES)
         if source_unit_uv is not None and not source_unit_uv > 0:
             raise ValueError(f"source_unit_uv must be positive, got {source_unit_uv}")
         self.scale = (source_unit_uv or UNIT_UV) / 1000.0

@@ -18,6 +18,11 @@ class CPSC2018Reader(FileReader):
     format = "cpsc2018"
     SUFFIXES = (".mat",)
 
+    @classmethod
+    def claims(cls, path) -> bool:
+        """A ``.mat`` beside a ``.hea`` of the same name is a WFDB signal file, not a CPSC record."""
+        return super().claims(path) and not path.with_suffix(".hea").exists()
+
     def read(self, item: str) -> Record:
         import scipy.io
 

@@ -1,47 +1,46 @@
-"""The ingest driver: plan a source's records, convert and encode them in parallel, write whole shards, resumably.
+"""The ingest driver: ``ingest()`` in steps: plan the source, find the resume point, write the shards, finish.
 
-Format-independent: a reader (one module per format) lists a source's items, may scan its metadata (patient ids,
-labels) and reads one item into a :class:`~ecgfast.ingest.record.Record`; everything after that happens here.
-
-Exactly once, whenever the run dies: worker processes read, convert, quantize and compress records; the parent
-alone writes. It fills shards in the planned order, writes each full shard as one atomic object beyond the store's
-visible end, then a done marker holding its records' fields (``ingest_state/done_<n>``). Only when every record is
-written does it append the fields, grow ``signals`` and remove ``ingest_state``. The same command run again finds
-the markers and goes on after the last one; anything after it is redone.
+Format-independent: a reader (one module per format, listed in ``ecgfast.ingest.formats``) lists a source's items,
+may scan their metadata (patient ids, labels) and reads one item into a :class:`~ecgfast.ingest.record.Record`;
+worker processes convert and encode records (``ecgfast.ingest.convert``); this process alone writes, by the resume
+protocol of ``ecgfast.ingest.resume``.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import math
 import os
 import time
-import uuid
-from collections import Counter, deque
+from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord
-from ecgfast.leads import DERIVED_FROM_I_II, LEADS8, LEADS12, canonical_lead, select_leads
+from ecgfast.ingest.convert import run_tasks
+from ecgfast.ingest.faults import fault
+from ecgfast.ingest.formats import READERS, canonical_format, describe_files, detect_format, format_options, make_reader
+from ecgfast.ingest.record import Reader, SkipRecord
+from ecgfast.ingest.resume import Run
+from ecgfast.leads import LEADS8, LEADS12
 
-READERS = {
-    "wfdb": "ecgfast.ingest.wfdb:WFDBReader",
-    "code15": "ecgfast.ingest.code15:Code15Reader",
-    "numpy": "ecgfast.ingest.npy:NumpyReader",
-    "muse": "ecgfast.ingest.muse:MuseReader",
-    "dicom": "ecgfast.ingest.dicom:DicomReader",
-    "cpsc2018": "ecgfast.ingest.cpsc2018:CPSC2018Reader",
-}
-ALIASES = {"hdf5": "code15", "npy": "numpy", "npz": "numpy"}
-# File suffix -> format, for --format auto. A .mat beside a .hea of the same name is a WFDB signal file.
-_SUFFIXES = {".hea": "wfdb", ".h5": "code15", ".hdf5": "code15", ".npy": "numpy", ".npz": "numpy", ".xml": "muse",
-             ".dcm": "dicom", ".mat": "cpsc2018"}
 _TASK_ITEMS = 16  # items per worker task: small enough to keep the workers busy to the end
+_LISTED = 10  # unmatched CSV rows named in the report
+
+
+class NothingStored(ValueError):
+    """An ingest that stored no record although the source had records to store (every one was skipped): the
+    run is undone (nothing is written; a store it created is removed) and ``report`` says why."""
+
+    def __init__(self, report: IngestReport):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items()))
+        super().__init__(f"stored none of the {sum(report.skipped.values()):,} records of {report.source} "
+                         f"({report.format}): every one was skipped ({reasons}); first: {report.first_skip}. "
+                         f"Check --format (the source holds {describe_files(report.source)})")
+        self.report = report
 
 
 @dataclass
@@ -56,6 +55,9 @@ class IngestReport:
     resumed: int = 0  # records written by an interrupted earlier try of this run
     skipped: Counter = field(default_factory=Counter)  # reason code -> records
     warned: Counter = field(default_factory=Counter)  # reason code -> records
+    unmatched: dict[str, list[str]] = field(default_factory=dict)  # "labels"/"patients" -> CSV ids of no record
+    notes: list[str] = field(default_factory=list)  # options this run could not apply
+    first_skip: str = ""  # the first skipped record and its reason
     seconds: float = 0.0
     store_summary: str = ""
 
@@ -66,69 +68,18 @@ class IngestReport:
             return f" ({', '.join(f'{k} {v}' for k, v in sorted(c.items()))})" if c else ""
 
         resumed = f"; resumed an interrupted run that had written {self.resumed:,}" if self.resumed else ""
-        return "\n".join([
+        lines = [
             f"ingested {self.stored:,} records from {self.source} ({self.format}) into {self.dest} "
             f"in {self.seconds:.1f} s ({rate:,.0f} records/s){resumed}",
             f"already stored {self.already_stored:,}; skipped {sum(self.skipped.values()):,}{counts(self.skipped)}; "
             f"warned {sum(self.warned.values()):,}{counts(self.warned)}",
-            self.store_summary,
-        ]).rstrip()
-
-
-def detect_format(src) -> str:
-    """The format of a source folder (or file) from its files' suffixes; a ValueError when it is not clear."""
-    src = Path(src)
-    if not src.exists():
-        raise ValueError(f"source {src} does not exist")
-    files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
-    found = Counter()
-    for p in files:
-        fmt = _SUFFIXES.get(p.suffix.lower())
-        if fmt == "cpsc2018" and p.with_suffix(".hea").exists():
-            continue
-        if fmt:
-            found[fmt] += 1
-    if len(found) != 1:
-        what = ", ".join(f"{n} {fmt}" for fmt, n in found.most_common()) or "no ECG files"
-        raise ValueError(f"cannot tell the format of source {src} ({what}); pass --format")
-    return next(iter(found))
-
-
-def make_reader(format: str, src, options: dict | None = None):
-    """The reader of ``format`` (``auto`` detects it) for ``src``, with its format-specific ``options``."""
-    format = ALIASES.get(format, format)
-    if format == "auto":
-        format = detect_format(src)
-    if format not in READERS:
-        raise ValueError(f"format must be one of {sorted([*READERS, *ALIASES, 'auto'])}, got {format!r}")
-    module, name = READERS[format].split(":")
-    cls = getattr(importlib.import_module(module), name)
-    options = {k: v for k, v in (options or {}).items() if v not in (None, False)}
-    wrong = sorted(set(options) - set(cls.OPTIONS))
-    if wrong:
-        raise ValueError(f"options {wrong} do not apply to format {format} (it takes {list(cls.OPTIONS) or 'none'})")
-    return cls(src, **options)
-
-
-def _read_csv(path, columns: str) -> dict[str, dict[str, str]]:
-    """Rows of a CSV keyed by its ``record_id`` column; ``columns`` names the CSV in errors."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "record_id" not in rows[0]:
-        raise ValueError(f"{columns} CSV {path} needs a record_id column and at least one row")
-    return {row.pop("record_id"): row for row in rows}
-
-
-def _labels(table: dict[str, dict[str, str]], items: list[str], path) -> dict[str, np.ndarray]:
-    names = list(next(iter(table.values())))
-    out = {name: np.full(len(items), np.nan, np.float32) for name in names}
-    for i, item in enumerate(items):
-        for name, value in table.get(item, {}).items():
-            try:
-                out[name][i] = float(value) if value.strip() else np.nan
-            except ValueError as err:
-                raise ValueError(f"labels CSV {path}: record {item}, label {name}: {value!r} is not a number") from err
-    return out
+        ]
+        for kind, ids in self.unmatched.items():
+            more = f" and {len(ids) - _LISTED:,} more" if len(ids) > _LISTED else ""
+            lines.append(f"--{kind}: {len(ids):,} rows match no record of the source: {', '.join(ids[:_LISTED])}{more} "
+                         f"(record_id is the record's path inside the source, without extension)")
+        lines += [f"warning: {note}" for note in self.notes]
+        return "\n".join([*lines, self.store_summary]).rstrip()
 
 
 def plan(items: list[str], patient_keys: list[str]) -> list[int]:
@@ -139,142 +90,157 @@ def plan(items: list[str], patient_keys: list[str]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: first[patient_keys[i]])
 
 
-def convert(record: Record, leads: tuple[str, ...], fs: float, n_samples: int):
-    """A source record on the store's grid: (signal float32 (L, T) mV, length, lead_valid (L,), warnings).
-
-    Resampled with ``scipy.signal.resample_poly``, cropped or zero-padded to ``n_samples``; leads matched by name,
-    III, aVR, aVL and aVF derived from I and II where the source lacks them; missing, all-NaN and flat leads zeroed
-    and marked invalid. Raises :class:`SkipRecord` when nothing usable remains.
-    """
-    names = {}
-    for row, name in enumerate(record.lead_names):
-        lead = canonical_lead(name)
-        if lead is not None and lead not in names:
-            names[lead] = row
-    if not names:
-        raise SkipRecord(record.item, "lead_set", f"no standard lead among {record.lead_names}")
-    x = np.asarray(record.signal, np.float32)[list(names.values())]
-    if x.ndim != 2 or x.shape[1] == 0:
-        raise SkipRecord(record.item, "truncated", f"no samples (signal shape {np.shape(record.signal)})")
-    warnings = list(record.warnings)
-    all_nan = np.isnan(x).all(axis=1)
-    if not np.isfinite(x[~all_nan]).all():
-        raise SkipRecord(record.item, "nan", "NaN or inf samples inside a lead")
-    nan_leads = [ld for ld, n in zip(names, all_nan) if n]
-    if nan_leads:
-        warnings.append(("nan", " ".join(nan_leads)))
-        x[all_nan] = 0
-    if record.fs != fs:
-        from scipy.signal import resample_poly
-
-        ratio = Fraction(fs / record.fs).limit_denominator(1000)
-        x = resample_poly(x, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
-    length = min(x.shape[1], n_samples)
-    present = [ld for ld in leads if ld in names or (ld in DERIVED_FROM_I_II and {"I", "II"} <= names.keys())]
-    if not present:
-        raise SkipRecord(record.item, "lead_set", f"none of the store's leads among {record.lead_names}")
-    out = np.zeros((len(leads), n_samples), np.float32)
-    rows = [leads.index(ld) for ld in present]
-    out[rows, :length] = select_leads(x[:, :length], list(names), present)
-    valid = np.zeros(len(leads), bool)
-    valid[rows] = out[rows, :length].max(axis=1) != out[rows, :length].min(axis=1)
-    missing = [ld for ld in leads if ld not in present]
-    if missing:
-        warnings.append(("lead_set", "missing " + " ".join(missing)))
-    if not valid.any():
-        raise SkipRecord(record.item, "flat_record", "every lead is flat")
-    flat = [ld for ld, v in zip(leads, valid) if not v and ld in present and ld not in nan_leads]
-    if flat:
-        warnings.append(("flat_lead", " ".join(flat)))
-    return out, length, valid, warnings
+# ---- step 1: the plan ------------------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    format: str
+    reader: Reader
+    options: dict  # the format-specific options that are set
+    source_name: str
+    items: list[str]
+    keys: list[str | None]  # patient key per item, None when the source has none
+    labels: dict[str, np.ndarray]  # label name -> float32 per item
+    label_groups: dict[str, list[str]]  # group name -> label names (PTB-XL's tasks)
+    folds: np.ndarray | None  # the source's fold per item (int8, -1 none), None when it has none
+    order: list[int]  # item indices in storing order
+    unmatched: dict[str, list[str]]
 
 
-def windows(record: Record, fs: float, n_samples: int) -> list[Record]:
-    """A record longer than the store's duration as consecutive windows ``<item>/0``, ``<item>/1``...; a last
-    window shorter than half the duration is dropped."""
-    width = int(round(n_samples * record.fs / fs))
-    total = np.shape(record.signal)[1]
-    if total <= width:
-        return [record]
-    starts = [s for s in range(0, total, width) if total - s >= width / 2]
-    return [Record(item=f"{record.item}/{k}", signal=record.signal[:, s : s + width], lead_names=record.lead_names,
-                   fs=record.fs, age=record.age, sex=record.sex, patient_key=record.patient_key,
-                   warnings=record.warnings) for k, s in enumerate(starts)]
+def _read_csv(path, kind: str) -> dict[str, dict[str, str]]:
+    """Rows of a CSV keyed by its ``record_id`` column; ``kind`` names the option in errors."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise ValueError(f"--{kind} {path}: {err.strerror or err}") from err
+    if not rows or "record_id" not in rows[0]:
+        raise ValueError(f"--{kind} {path}: the CSV needs a record_id column and at least one row")
+    return {row.pop("record_id"): row for row in rows}
 
 
-# ---- the workers' side ---------------------------------------------------------------------------------------
-_READERS: dict = {}  # one reader per process and source, kept between tasks (open files, parsed tables)
+def _label_columns(table: dict[str, dict[str, str]], items: list[str], path) -> dict[str, np.ndarray]:
+    names = list(next(iter(table.values())))
+    out = {name: np.full(len(items), np.nan, np.float32) for name in names}
+    for i, item in enumerate(items):
+        for name, value in table.get(item, {}).items():
+            try:
+                out[name][i] = float(value) if value.strip() else np.nan
+            except ValueError as err:
+                raise ValueError(f"--labels {path}: record {item}, label {name}: {value!r} is not a number") from err
+    return out
 
 
-def _convert_task(job):
-    """Read, convert, quantize and encode the items of one task; returns per item (position, records, rows)."""
-    from ecgfast.store import quantize
-
-    (format, src, options), (leads, fs, n_samples, gain_uv, split, codec, source_name), work = job
-    key = repr((format, src, sorted(options.items())))
-    if key not in _READERS:
-        _READERS[key] = make_reader(format, src, options)
-    reader = _READERS[key]
-    results = []
-    for pos, item in work:
-        base = f"{source_name}/{item}"
-        out, rows = [], []
-        try:
-            record = reader.read(item)
-            for part in windows(record, fs, n_samples) if split else [record]:
-                rid = f"{source_name}/{part.item}"
-                signal, length, valid, warnings = convert(part, leads, fs, n_samples)
-                try:
-                    q = quantize(signal[None], gain_uv, [rid])[0]
-                except ValueError as err:
-                    raise SkipRecord(part.item, "out_of_range", str(err).split(": ", 1)[1]) from err
-                key = f"{source_name}/{part.patient_key}" if part.patient_key else base
-                out.append({"rid": rid, "key": key, "length": int(length),
-                            "age": None if math.isnan(part.age) else float(part.age), "sex": int(part.sex),
-                            "fs": float(part.fs), "valid": "".join("1" if v else "0" for v in valid),
-                            "chunk": codec.encode(q)})
-                rows += [(rid, "warn", f"{reason} {detail}".rstrip()) for reason, detail in warnings]
-        except SkipRecord as err:
-            out, rows = [], [(base, "skip", f"{err.reason} {err.detail}".rstrip())]
-        except Exception as err:  # noqa: BLE001 - a parser's surprise is this record's problem, not the run's
-            out, rows = [], [(base, "skip", f"unreadable {type(err).__name__}: {err}")]
-        results.append((pos, out, rows))
-    return results
+def _plan(src, format: str, reader_options: dict, source_name, labels, patients) -> _Plan:
+    """List the source's items, read the CSVs and the reader's metadata, and order the items by patient."""
+    if format == "auto":
+        format = detect_format(src)
+    reader = make_reader(format, src, reader_options)
+    items = reader.items()
+    meta = reader.metadata(items) if hasattr(reader, "metadata") else {}
+    known, unmatched = set(items), {}
+    patient_table = _read_csv(patients, "patients") if patients else {}
+    if patient_table and "patient_key" not in next(iter(patient_table.values())):
+        raise ValueError(f"--patients {patients}: the CSV needs a patient_key column")
+    keys = [patient_table.get(it, {}).get("patient_key") or None for it in items]
+    if meta.get("patient_keys"):
+        keys = [k or m for k, m in zip(keys, meta["patient_keys"])]
+    label_values = dict(meta.get("labels", {}))
+    if labels:
+        table = _read_csv(labels, "labels")
+        label_values.update(_label_columns(table, items, labels))
+        unmatched["labels"] = [rid for rid in table if rid not in known]
+    unmatched["patients"] = [rid for rid in patient_table if rid not in known]
+    order = plan(items, [k or it for k, it in zip(keys, items)])
+    options_set = {k: v for k, v in reader_options.items() if v not in (None, False)}
+    name = source_name or Path(src).resolve().with_suffix("").name
+    return _Plan(format, reader, options_set, name, items, keys, label_values, meta.get("label_groups", {}),
+                 meta.get("fold"), order, {k: v for k, v in unmatched.items() if v})
 
 
-def _run_tasks(jobs, workers: int):
-    """The tasks' results in order: in this process, or in ``workers`` spawned processes, a few tasks ahead."""
-    if workers <= 1:
-        for job in jobs:
-            yield _convert_task(job)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+# ---- step 2: the store and the resume point ------------------------------------------------------------------
+def _open_or_create(dest, lead_names, fs, n_samples, gain_uv, layout: dict, storage_options):
+    """The store at ``dest`` if its rate, duration, leads and gain match, else a new one: (store, created)."""
+    from ecgfast.store import ECGStore
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ahead: deque = deque()
-        jobs = iter(jobs)
-        for job in jobs:
-            ahead.append(pool.submit(_convert_task, job))
-            if len(ahead) >= 3 * workers:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+    try:
+        store = ECGStore.open(dest, mode="r+", storage_options=storage_options)
+    except (ValueError, FileNotFoundError):
+        store = ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, **layout,
+                                threads=min(4, os.cpu_count() or 1), overwrite="incomplete",
+                                storage_options=storage_options)
+        return store, True
+    found = (store.lead_names, store.fs, store.n_samples, store.gain_uv)
+    if found != (tuple(lead_names), float(fs), n_samples, float(gain_uv)):
+        store.close()
+        raise ValueError(f"store {dest} holds leads {found[0]} at {found[1]:g} Hz, {found[2]} samples, {found[3]:g} uV "
+                         f"per unit; this ingest asks for {tuple(lead_names)} at {fs:g} Hz, {n_samples} samples, "
+                         f"{gain_uv:g} uV per unit (--leads, --fs, --seconds, --gain-uv)")
+    return store, False
 
 
-# ---- the writer's side ---------------------------------------------------------------------------------------
+def _run_key(src, p: _Plan, labels, patients, split) -> dict:
+    """What makes two ingest commands the same run (rate, duration, leads and gain are the store's own)."""
+    return {"format": p.format, "source": str(Path(src).resolve()), "source_name": p.source_name,
+            "options": dict(sorted(p.options.items())),
+            "labels": str(Path(labels).resolve()) if labels else None,
+            "patients": str(Path(patients).resolve()) if patients else None, "split": bool(split)}
+
+
+def _stale_options(store, key: dict, already: int, dest) -> list[str]:
+    """Options of this run that differ from those the already stored records of its source were stored with:
+    ingest stores a record once, so they do not reach those records."""
+    earlier = [s for s in store.attrs.get("provenance", {}).get("sources", [])
+               if s.get("source_name") == key["source_name"]]
+    if not already or not earlier:
+        return []
+    flags = []
+    if not any(bool(s.get("split")) == key["split"] for s in earlier):
+        flags.append("--split" if key["split"] else "cropping (no --split)")
+    for name, value in key["options"].items():
+        if not any(s.get("options", {}).get(name) == value for s in earlier):
+            flags.append(format_options()[name][0].flag)
+    for kind in ("labels", "patients"):
+        if key[kind] and not any(s.get(kind) and str(Path(s[kind]).resolve()) == key[kind] for s in earlier):
+            flags.append(f"--{kind}")
+    return [f"{flag} does not apply to the {already:,} records of {key['source_name']} already in {dest}, stored "
+            f"without it (ingest stores a record once); to apply it, ingest into a new store (or delete {dest}) "
+            f"with the same command" for flag in flags]
+
+
+def _resume_point(store, key: dict, p: _Plan, src, dest) -> tuple[Run | None, list[int]]:
+    """The run to go on with (this command's unfinished one, else a new one; None when nothing is pending) and the
+    pending items in storing order: not those the store held, or had skipped, before the run began."""
+    state = Run.unfinished(store)
+    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
+    report = store.report
+    done_before = set(store.record_ids[:base].tolist())
+    done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
+                    if level == "skip"}
+    name = p.source_name
+    pending = [q for q in p.order
+               if f"{name}/{p.items[q]}" not in done_before and f"{name}/{p.items[q]}/0" not in done_before]
+    digest = hashlib.sha256("\n".join(p.items[q] for q in pending).encode()).hexdigest()
+    if state is None:
+        return (Run.begin(store, key, base, report_base, len(pending), digest) if pending else None), pending
+    if state["digest"] != digest:
+        raise ValueError(f"source {src} changed since the interrupted ingest into {dest} began "
+                         f"({len(pending)} items to ingest now, {state['pending']} then)")
+    return Run.resume(store), pending
+
+
+# ---- step 3: the shards ----------------------------------------------------------------------------------------
 class _ShardWriter:
     """Fills shards in order from encoded records, writing each full one and then its done marker."""
 
-    def __init__(self, store, next_index: int, markers_before: int, strict: bool):
-        self.store, self.S, self.strict = store, store.chunk_records, strict
+    def __init__(self, store, run: Run, next_index: int, strict: bool):
+        self.store, self.run, self.strict = store, run, strict
+        self.records_per_shard = store.chunk_records
         self.next = next_index  # store index of the next record
-        start = next_index - next_index % self.S
-        self.chunks = store.encoded_chunks(start // self.S, next_index - start) if next_index % self.S else []
+        start = next_index - next_index % self.records_per_shard  # the open shard's first record
+        self.chunks = store.encoded_chunks(start // self.records_per_shard, next_index - start) if next_index > start \
+            else []
         self.records: list[dict] = []  # the open shard's new records (fields, without the chunk)
         self.rows: list[tuple[str, str, str]] = []
-        self.markers = markers_before  # done markers of the run so far
-        self.written: list[dict] = []  # those written by this process
 
     def add(self, pos: int, records: list[dict], rows: list, resume_from: int) -> None:
         """Take an item's records in (all but the first ``resume_from``, which an earlier try wrote)."""
@@ -289,7 +255,7 @@ class _ShardWriter:
             self.chunks.append(rec.pop("chunk"))
             self.records.append({**rec, "pos": pos})
             self.next += 1
-            if len(self.chunks) == self.S:
+            if len(self.chunks) == self.records_per_shard:
                 done_with_item = j == len(records) - 1
                 self.write(pos + 1 if done_with_item else pos, 0 if done_with_item else j + 1)
 
@@ -298,25 +264,96 @@ class _ShardWriter:
         and the first ``partial`` records of the item at ``next_pos``."""
         if not self.records and not self.rows:
             return
-        k = (self.next - 1) // self.S if self.records else self.next // self.S
+        k = (self.next - 1) // self.records_per_shard if self.records else self.next // self.records_per_shard
         if self.records:
             self.store.write_encoded_shard(k, self.chunks)
-        marker = {"shard": k, "records": self.records, "rows": [list(r) for r in self.rows], "next": next_pos,
-                  "partial": partial}
-        self.store.put_ingest_marker(self.markers, marker)
-        self.written.append(marker)
-        self.markers += 1
-        if len(self.chunks) == self.S:
+        self.run.mark({"shard": k, "records": self.records, "rows": [list(r) for r in self.rows], "next": next_pos,
+                       "partial": partial})
+        fault("ingest.marked")
+        if len(self.chunks) == self.records_per_shard:
             self.chunks = []
         self.records, self.rows = [], []
 
 
-def _run_key(format, src, source_name, options, labels, patients, split) -> dict:
-    """What makes two ingest commands the same run (rate, duration, leads and gain are the store's own)."""
-    return {"format": format, "source": str(Path(src).resolve()), "source_name": source_name,
-            "options": {k: v for k, v in sorted(options.items()) if v not in (None, False)},
-            "labels": str(Path(labels).resolve()) if labels else None,
-            "patients": str(Path(patients).resolve()) if patients else None, "split": bool(split)}
+def _write_shards(store, run: Run, p: _Plan, src, pending: list[int], grid: tuple, workers: int, strict: bool,
+                  progress: bool) -> None:
+    """Convert the pending items after the run's resume point in ``workers`` processes; write shards and markers."""
+    from tqdm import tqdm
+
+    next_pos, partial = run.position
+    writer = _ShardWriter(store, run, run.attrs["base"] + run.resumed, strict)
+    spec = (p.format, str(src), p.options)
+    todo = pending[next_pos:]
+    jobs = ((spec, grid, [(next_pos + j + i, p.items[q]) for i, q in enumerate(todo[j : j + _TASK_ITEMS])])
+            for j in range(0, len(todo), _TASK_ITEMS))
+    workers = max(1, min(workers, -(-len(todo) // _TASK_ITEMS)))
+    with tqdm(total=len(pending), initial=next_pos, desc=f"ingest {p.source_name}", unit="rec",
+              disable=not progress, smoothing=0.05) as bar:
+        with closing(run_tasks(jobs, workers)) as results_in_order:  # stops the workers however this loop ends
+            for results in results_in_order:
+                for pos, records, rows in results:
+                    writer.add(pos, records, rows, partial if pos == next_pos else 0)
+                bar.update(len(results))
+    writer.write(len(pending), 0)
+
+
+# ---- step 4: the final write-out ------------------------------------------------------------------------------
+def _finish(store, run: Run, p: _Plan, src, pending: list[int], split: bool, gain_uv: float, labels, patients):
+    """Append the run's records' fields, the report rows and the provenance; grow the store; end the run."""
+    records = [r for m in run.markers for r in m["records"]]
+    rows = [tuple(row) for m in run.markers for row in m["rows"]]
+    if len(store) == run.attrs["base"]:  # else an earlier try died after growing the store, before ending the run
+        positions = np.array([pending[r["pos"]] for r in records], np.int64)
+        keys = [f"{p.source_name}/{p.keys[q]}" if p.keys[q] else r["key"] for q, r in zip(positions, records)]
+        valid = np.array([[c == "1" for c in r["valid"]] for r in records], bool)
+        store.append_columns(
+            lengths=[r["length"] for r in records],
+            record_ids=[r["rid"] for r in records],
+            patient_keys=keys,
+            lead_valid=valid.reshape(-1, len(store.lead_names)),
+            age=[np.nan if r["age"] is None else r["age"] for r in records],
+            sex=[r["sex"] for r in records],
+            fs_original=[r["fs"] for r in records],
+            labels={name: values[positions] for name, values in p.labels.items()} if records else None,
+            fold=p.folds[positions] if p.folds is not None and records else None,
+        )
+    store.add_report(*zip(*rows) if rows else ([], [], []), at=run.attrs["report_base"])
+    if not any(s.get("run") == run.attrs["run"] for s in store.attrs["provenance"]["sources"]):
+        store.add_source({"source": str(src), "source_name": p.source_name, "format": p.format, "run": run.attrs["run"],
+                          "gain_uv": gain_uv, "options": p.options, "split": bool(split),
+                          "labels": str(labels) if labels else None, "patients": str(patients) if patients else None,
+                          "stored": len(records)})
+    if p.label_groups and records:
+        store.add_label_groups(p.label_groups)
+    store.save_columns()
+    fault("ingest.columns")
+    store.flush()  # grows signals: the records become visible
+    fault("ingest.grown")
+    run.end()
+    return records, rows
+
+
+def _check(fs, seconds, leads, gain_uv, workers, chunk_records, compression_level, labels, patients, reader_options):
+    """Every argument, before any work: a ValueError naming the argument (and its command-line option)."""
+    if leads not in (8, 12):
+        raise ValueError(f"leads (--leads) must be 8 or 12, got {leads!r}")
+    for name, value in (("fs", fs), ("seconds", seconds), ("gain_uv", gain_uv)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a positive number, got {value!r}")
+    for name, value, low in (("workers", workers, 1), ("chunk_records", chunk_records, 1),
+                             ("compression_level", compression_level, 0)):
+        if not isinstance(value, int) or value < low or (name == "compression_level" and value > 9):
+            top = " to 9" if name == "compression_level" else " or more"
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer {low}{top}, got {value!r}")
+    if round(fs * seconds) < 1:
+        raise ValueError(f"fs x seconds (--fs, --seconds) must give at least one sample, got {fs:g} Hz x {seconds:g} s")
+    for kind, path in (("labels", labels), ("patients", patients)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{kind} (--{kind}) {path} is not a file")
+    known = format_options()
+    unknown = sorted(set(reader_options) - set(known))
+    if unknown:
+        raise ValueError(f"ingest() got unknown options {unknown}; the format options are {sorted(known)}")
 
 
 def ingest(
@@ -331,164 +368,126 @@ def ingest(
     source_name: str | None = None,
     labels=None,
     patients=None,
-    labels_from_dx: bool = False,
-    source_unit_uv: float | None = None,
-    lead_names: list[str] | None = None,
-    source_fs: float | None = None,
     split: bool = False,
     strict: bool = False,
     workers: int = 1,
     chunk_records: int = 256,
     compression_level: int = 3,
+    storage_options: dict | None = None,
     progress: bool = True,
+    **reader_options,
 ) -> IngestReport:
     """Ingest the source ``src`` into the store ``dest`` (created when absent, appended to otherwise).
 
     Interrupted (Ctrl-C, kill -9) and run again with the same arguments, it finishes the run: every good record
     stored exactly once, the report complete. Items of this source that the store already holds, or skipped
-    before, are not read again.
+    before, are not read again. A source without records of the format is a ValueError before anything is
+    written; one whose every record is skipped is a :class:`NothingStored` error, the store left as it was.
 
     Args:
         src: the source folder (or file). dest: store path or fsspec URL.
-        format: ``auto`` (by the files' suffixes), ``wfdb``, ``code15`` (alias ``hdf5``), ``numpy``, ``muse``,
-            ``dicom`` or ``cpsc2018``.
-        fs, seconds: the store's rate (Hz) and duration (s); records are resampled and cropped or zero-padded.
+        format: ``auto`` (by the files' suffixes) or a name of ``ecgfast.ingest.formats.READERS``: ``wfdb``,
+            ``code15`` (alias ``hdf5``), ``numpy``, ``muse``, ``dicom``, ``cpsc2018``.
+        fs, seconds: the store's rate (Hz) and duration (s); records are resampled and cropped (a ``cropped``
+            warning) or zero-padded.
         leads: 12 keeps the standard leads; 8 keeps I, II, V1-V6 (reads derive the other four).
         gain_uv: microvolts per stored integer unit.
         source_name: prefix of the record ids (default: the source folder's name).
         labels: CSV with ``record_id`` (the record's item: its path inside the source, without extension) and one
-            column per label (numbers; empty for unknown).
+            column per label (numbers; empty for unknown). Rows that match no record are listed in the report.
         patients: CSV with ``record_id`` and ``patient_key``; a patient's records are stored next to each other.
-        labels_from_dx: (wfdb) one label ``dx_<code>`` per SNOMED-CT code of the headers' ``# Dx:`` lines.
-        source_unit_uv: (code15) microvolts per unit of the source's samples, overriding the documented unit.
-        lead_names, source_fs: (numpy) the arrays' leads and sampling rate.
         split: cut records longer than ``seconds`` into consecutive windows ``<item>/<k>`` instead of cropping.
         strict: the first skipped record stops the run with a :class:`SkipRecord` (a ValueError).
         workers: processes that read, convert and compress (1: all in this process). Only this process writes,
             so every store (``memory://`` too) takes any number of workers.
         chunk_records, compression_level: records per shard and Blosc zstd level of a store created here (level
             1 encodes about 3x faster than the default 3 for 2.30x instead of 2.55x compression on CinC records).
+        storage_options: options of the fsspec filesystem behind ``dest`` (see ``ECGStore.create``).
         progress: show a progress bar (records/s and ETA).
+        **reader_options: the format's own options (``ecgfast.ingest.formats.format_options()``): ``labels_from_dx``
+            (wfdb), ``source_unit_uv`` (code15), ``lead_names`` and ``source_fs`` (numpy).
     """
-    from tqdm import tqdm
-
-    from ecgfast.store import ECGStore
-
-    if leads not in (8, 12):
-        raise ValueError(f"leads must be 8 or 12, got {leads}")
+    started = time.perf_counter()
+    format = canonical_format(format)
+    _check(fs, seconds, leads, gain_uv, workers, chunk_records, compression_level, labels, patients, reader_options)
+    if not Path(src).exists():
+        raise ValueError(f"source {src} does not exist")
     store_leads = LEADS12 if leads == 12 else LEADS8
     n_samples = int(round(fs * seconds))
-    started = time.perf_counter()
-    format = ALIASES.get(format, format)
-    if format == "auto":
-        format = detect_format(src)
-    options = {"labels_from_dx": labels_from_dx, "source_unit_uv": source_unit_uv,
-               "lead_names": list(lead_names) if lead_names else None, "fs": source_fs}
-    reader = make_reader(format, src, options)
-    options = {k: v for k, v in options.items() if v not in (None, False)}
-    source_name = source_name or Path(src).resolve().with_suffix("").name
-    items = reader.items()
-    meta = reader.metadata(items) if hasattr(reader, "metadata") else {}
-    patient_table = _read_csv(patients, "patients") if patients else {}
-    keys = [patient_table.get(it, {}).get("patient_key") or None for it in items]
-    if meta.get("patient_keys"):
-        keys = [k or m for k, m in zip(keys, meta["patient_keys"])]
-    label_values = dict(meta.get("labels", {}))
-    if labels:
-        label_values.update(_labels(_read_csv(labels, "labels"), items, labels))
-    order = plan(items, [k or it for k, it in zip(keys, items)])
+    if reader_options.get("lead_names"):
+        reader_options["lead_names"] = list(reader_options["lead_names"])
+    p = _plan(src, format, reader_options, source_name, labels, patients)
+    key = _run_key(src, p, labels, patients, split)
+    _refuse_another_run(dest, key, storage_options)
+    if not p.items:
+        _no_records(src, p.format)
 
-    store = _open_or_create(ECGStore, dest, store_leads, fs, n_samples, gain_uv,
-                            dict(chunk_records=chunk_records, compression_level=compression_level))
-    codec = store.record_codec()
-    if codec is None:
+    # Step 2: the store and the resume point.
+    store, created = _open_or_create(dest, store_leads, fs, n_samples, gain_uv,
+                                     dict(chunk_records=chunk_records, compression_level=compression_level),
+                                     storage_options)
+    if store.record_codec() is None:
         raise ValueError(f"store {dest}: its signals layout is not one that ingest writes")
-    key = _run_key(format, src, source_name, options, labels, patients, split)
-    state = store.ingest_state
-    if state is not None and state["key"] != key:
-        raise ValueError(f"store {dest} holds an unfinished ingest of {state['key']['source']} "
-                         f"({state['key']['format']}); run that command again to finish it first")
-    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
-    report = store.report
-    done_before = set(store.record_ids[:base].tolist())
-    done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
-                    if level == "skip"}
-    pending = [p for p in order
-               if f"{source_name}/{items[p]}" not in done_before and f"{source_name}/{items[p]}/0" not in done_before]
-    digest = hashlib.sha256("\n".join(items[p] for p in pending).encode()).hexdigest()
-    if state is None:
-        store.begin_ingest({"key": key, "base": base, "report_base": report_base, "run": uuid.uuid4().hex,
-                            "pending": len(pending), "digest": digest})
-        state, markers = store.ingest_state, []
-    else:
-        if state["digest"] != digest:
-            raise ValueError(f"source {src} changed since the interrupted ingest into {dest} began "
-                             f"({len(pending)} items to ingest now, {state['pending']} then)")
-        markers = store.ingest_markers()
-    result = IngestReport(source=str(src), dest=str(dest), format=format, already_stored=len(items) - len(pending))
-    result.resumed = sum(len(m["records"]) for m in markers)
-    next_pos, partial = (markers[-1]["next"], markers[-1]["partial"]) if markers else (0, 0)
+    run, pending = _resume_point(store, key, p, src, dest)
+    result = IngestReport(source=str(src), dest=str(dest), format=p.format, already_stored=len(p.items) - len(pending),
+                          unmatched=p.unmatched, resumed=run.resumed if run else 0)
+    result.notes = _stale_options(store, key, result.already_stored, dest)
+    if run is None:  # nothing new: the store is left untouched
+        store.close()
+        return _summarized(result, dest, storage_options, started)
+    base = run.attrs["base"]
 
     with store:
-        if len(store) == base:  # else a try before this one had finished all but removing ingest_state
-            writer = _ShardWriter(store, base + result.resumed, len(markers), strict)
-            grid = (store_leads, float(fs), n_samples, float(gain_uv), bool(split), codec, source_name)
-            spec = (format, str(src), options)
-            todo = pending[next_pos:]
-            jobs = ((spec, grid, [(next_pos + j + i, items[p]) for i, p in enumerate(todo[j : j + _TASK_ITEMS])])
-                    for j in range(0, len(todo), _TASK_ITEMS))
-            workers = max(1, min(workers, -(-len(todo) // _TASK_ITEMS)))
-            bar = tqdm(total=len(pending), initial=next_pos, desc=f"ingest {source_name}", unit="rec",
-                       disable=not progress, smoothing=0.05)
-            with bar:
-                for results in _run_tasks(jobs, workers):
-                    for pos, records, rows in results:
-                        writer.add(pos, records, rows, partial if pos == next_pos else 0)
-                    bar.update(len(results))
-            writer.write(len(pending), 0)
-            markers += writer.written
-            records = [r for m in markers for r in m["records"]]
-            positions = np.array([pending[r["pos"]] for r in records], np.int64)
-            store.append_columns(
-                lengths=[r["length"] for r in records],
-                record_ids=[r["rid"] for r in records],
-                patient_keys=[f"{source_name}/{keys[p]}" if keys[p] else r["key"] for p, r in zip(positions, records)],
-                lead_valid=np.array([[c == "1" for c in r["valid"]] for r in records], bool)
-                .reshape(-1, len(store_leads)),
-                age=[np.nan if r["age"] is None else r["age"] for r in records],
-                sex=[r["sex"] for r in records],
-                fs_original=[r["fs"] for r in records],
-                labels={name: values[positions] for name, values in label_values.items()},
-            )
-        rows = [tuple(row) for m in markers for row in m["rows"]]
-        store.add_report(*zip(*rows) if rows else ([], [], []), at=report_base)
-        if not any(s.get("run") == state["run"] for s in store.attrs["provenance"]["sources"]):
-            store.add_source({"source": str(src), "source_name": source_name, "format": format, "run": state["run"],
-                              "gain_uv": gain_uv, "options": options, "split": bool(split),
-                              "labels": str(labels) if labels else None,
-                              "patients": str(patients) if patients else None,
-                              "stored": sum(len(m["records"]) for m in markers)})
-        store.flush()
-        store.end_ingest()
-    result.stored = sum(len(m["records"]) for m in markers)
-    for _, level, reason in rows:
-        (result.skipped if level == "skip" else result.warned)[reason.split(" ", 1)[0]] += 1
+        if len(store) == base:  # step 3 (else an earlier try got as far as growing the store)
+            grid = (store_leads, float(fs), n_samples, float(gain_uv), bool(split), store.record_codec(), p.source_name)
+            _write_shards(store, run, p, src, pending, grid, workers, strict, progress)
+        if pending and not run.resumed and len(store) == base:  # every pending record skipped: undo the run
+            rows = [tuple(row) for m in run.markers for row in m["rows"]]
+            _count(result, rows)
+            run.end()
+            if created:
+                store.discard()
+            raise NothingStored(result)
+        records, rows = _finish(store, run, p, src, pending, split, gain_uv, labels, patients)  # step 4
+    result.stored = len(records)
+    _count(result, rows)
+    return _summarized(result, dest, storage_options, started)
+
+
+def _summarized(result: IngestReport, dest, storage_options, started: float) -> IngestReport:
+    from ecgfast.store import ECGStore
+
     result.seconds = time.perf_counter() - started
-    result.store_summary = ECGStore.open(dest).summary()
+    result.store_summary = ECGStore.open(dest, storage_options=storage_options).summary()
     return result
 
 
-def _open_or_create(ECGStore, dest, lead_names, fs, n_samples, gain_uv, layout: dict):
-    """Append to the store at ``dest`` if its rate, duration, leads and gain match; create it when absent."""
+def _refuse_another_run(dest, key: dict, storage_options) -> None:
+    """A store holding an unfinished run of another ingest command takes no other one until that one finishes."""
+    from ecgfast.store import ECGStore
+
     try:
-        store = ECGStore.open(dest, mode="r+")
-    except (ValueError, FileNotFoundError):
-        return ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, **layout,
-                               threads=min(4, os.cpu_count() or 1), overwrite="incomplete")
-    found = (store.lead_names, store.fs, store.n_samples, store.gain_uv)
-    if found != (tuple(lead_names), float(fs), n_samples, float(gain_uv)):
-        store.close()
-        raise ValueError(f"store {dest} holds leads {found[0]} at {found[1]:g} Hz, {found[2]} samples, {found[3]:g} uV "
-                         f"per unit; this ingest asks for {tuple(lead_names)} at {fs:g} Hz, {n_samples} samples, "
-                         f"{gain_uv:g} uV per unit")
-    return store
+        state = Run.unfinished(ECGStore.open(dest, storage_options=storage_options))
+    except ValueError:  # no store there yet
+        return
+    if state is not None and state["key"] != key:
+        raise ValueError(f"store {dest} holds an unfinished ingest of {state['key']['source']} "
+                         f"({state['key']['format']}); run that command again to finish it first")
+
+
+def _no_records(src, format: str) -> None:
+    suffixes = ", ".join(READERS[format].SUFFIXES) or "its files"
+    try:
+        guess = detect_format(src)
+        hint = f"; it looks like --format {guess}" if guess != format else ""
+    except ValueError:
+        hint = ""
+    raise ValueError(f"source {src} holds no {format} records ({suffixes} files): it holds {describe_files(src)}"
+                     f"{hint}; nothing was stored")
+
+
+def _count(result: IngestReport, rows) -> None:
+    for rid, level, reason in rows:
+        (result.skipped if level == "skip" else result.warned)[reason.split(" ", 1)[0]] += 1
+        if level == "skip" and not result.first_skip:
+            result.first_skip = f"{rid}: {reason}"

@@ -9,26 +9,29 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, source_files
+from ecgfast.ingest.record import Option, Reader, Record, SkipRecord, source_files
 from ecgfast.leads import canonical_lead
 
 
-class NumpyReader:
-    """Args: root (folder or file); lead_names: the arrays' L leads in order; fs: their sampling rate in Hz."""
+class NumpyReader(Reader):
+    """Args: root (folder or file); lead_names: the arrays' L leads in order; source_fs: their sampling rate in Hz."""
 
     format = "numpy"
-    OPTIONS = ("lead_names", "fs")
+    ALIASES = ("npy", "npz")
+    SUFFIXES = (".npy", ".npz")
+    OPTIONS = (Option("lead_names", "the arrays' leads in order, comma-separated (e.g. I,II,V1,V2,V3,V4,V5,V6)", list),
+               Option("source_fs", "the arrays' sampling rate in Hz", float))
 
-    def __init__(self, root, lead_names=None, fs: float | None = None):
-        if not lead_names or fs is None:
+    def __init__(self, root, lead_names=None, source_fs: float | None = None):
+        if not lead_names or source_fs is None:
             raise ValueError("format numpy needs the arrays' lead names and sampling rate (--lead-names, --source-fs)")
         unknown = [n for n in lead_names if canonical_lead(n) is None]
         if unknown:
-            raise ValueError(f"lead_names {unknown} are not standard lead names")
-        if not fs > 0:
-            raise ValueError(f"the source's sampling rate must be positive, got {fs}")
-        self.lead_names, self.fs = list(lead_names), float(fs)
-        self.files = source_files(Path(root), (".npy", ".npz"))
+            raise ValueError(f"lead names {unknown} (--lead-names) are not standard lead names")
+        if not source_fs > 0:
+            raise ValueError(f"the source's sampling rate (--source-fs) must be positive, got {source_fs}")
+        self.lead_names, self.fs = list(lead_names), float(source_fs)
+        self.files = source_files(Path(root), self.SUFFIXES)
         self._arrays: dict[str, np.ndarray] = {}  # "<file>" or "<file>/<array>" -> memory-mapped array
 
     def _load(self, name: str) -> dict[str, np.ndarray]:

@@ -35,6 +35,21 @@ class Record:
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Option:
+    """A format-specific option a reader takes: ``name`` is its keyword (the reader's and ``ingest()``'s), ``type``
+    its kind (``bool``: a flag; ``list``: names, comma-separated on the command line), ``help`` what it does."""
+
+    name: str
+    help: str
+    type: type = str
+
+    @property
+    def flag(self) -> str:
+        """The command line's spelling: ``--labels-from-dx``."""
+        return "--" + self.name.replace("_", "-")
+
+
 class SkipRecord(ValueError):
     """A record that cannot be stored: ``reason`` is a report code (``bad_header``, ``truncated``...)."""
 
@@ -72,16 +87,29 @@ def sex_code(text) -> int:
     return {"f": 0, "female": 0, "m": 1, "male": 1}.get(str(text or "").strip().lower(), -1)
 
 
-class FileReader:
+class Reader:
+    """What every format's reader declares; the registry (``ecgfast.ingest.formats``), ``--format auto`` and the
+    command line derive from it. A reader lists a source's ``items()``, may give their ``metadata(items)`` (patient
+    keys, labels) and reads one item with ``read(item) -> Record``."""
+
+    format = ""  # the name --format takes
+    ALIASES: tuple[str, ...] = ()  # other names --format takes
+    SUFFIXES: tuple[str, ...] = ()  # the files that hold its records (lower case)
+    OPTIONS: tuple[Option, ...] = ()  # the format-specific options its constructor takes
+
+    @classmethod
+    def claims(cls, path: Path) -> bool:
+        """Whether ``path`` looks like one of this format's files (for ``--format auto``)."""
+        return path.suffix.lower() in cls.SUFFIXES
+
+
+class FileReader(Reader):
     """Base of the readers whose every file is one record (``SUFFIXES``): items are the files' paths relative to
     the source root without suffix; subclasses read one in :meth:`read`."""
 
-    format = ""
-    SUFFIXES: tuple[str, ...] = ()
-    OPTIONS: tuple[str, ...] = ()  # the format-specific options the reader takes
-
     def __init__(self, root):
-        self.files = source_files(Path(root), self.SUFFIXES)
+        self.files = {item: path for item, path in source_files(Path(root), self.SUFFIXES).items()
+                      if self.claims(path)}
 
     def items(self) -> list[str]:
         return list(self.files)

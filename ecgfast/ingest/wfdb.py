@@ -1,7 +1,8 @@
 """WFDB reader: a directory tree of ``.hea`` headers with ``.dat`` or ``.mat`` signal files.
 
 Two published layouts are recognised by their index files at the source root: PTB-XL (``ptbxl_database.csv``:
-the 500 Hz ``filename_hr`` records, ``patient_id`` as the patient) and MIMIC-IV-ECG (``record_list.csv``: ``path``,
+the 500 Hz ``filename_hr`` records, ``patient_id`` as the patient; age, sex, ``strat_fold`` and the benchmark's
+labels and label groups from ``ecgfast.ingest.ptbxl``) and MIMIC-IV-ECG (``record_list.csv``: ``path``,
 ``subject_id`` as the patient). Elsewhere every ``.hea`` under the root is a record.
 
 A lean header parser of its own (wfdb-python spends 12-14 ms per header, mostly in pandas); the tests check it
@@ -12,12 +13,14 @@ layout, as in the PhysioNet/CinC challenges) through their byte offset, like any
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from ecgfast.ingest.record import Record, SkipRecord, age_years, sex_code
+from ecgfast.ingest import ptbxl
+from ecgfast.ingest.record import Option, Reader, Record, SkipRecord, age_years, sex_code
 
 # Formats whose samples are whole bytes: format -> NumPy dtype (and the offset that makes them signed).
 _DTYPES = {"16": ("<i2", 0), "61": (">i2", 0), "32": ("<i4", 0), "80": ("u1", 128)}
@@ -62,17 +65,20 @@ def _unpack_212(raw: np.ndarray) -> np.ndarray:
 _PACKED = {"212": _unpack_212, "24": _unpack_24}
 
 
-def _index_csv(path: Path, item_column: str, patient_column: str) -> dict[str, str]:
-    """A layout's index: item -> patient key (``15709.0`` and ``15709`` are one patient)."""
+def _index_csv(path: Path, item_column: str, patient_column: str, optional=()) -> dict[str, dict[str, str]]:
+    """A layout's index: item -> {column: value} for the patient column and those ``optional`` columns the file
+    has; the patient key is normalised (``15709.0`` and ``15709`` are one patient)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and not {item_column, patient_column} <= rows[0].keys():
         raise ValueError(f"{path} needs the columns {item_column} and {patient_column}")
-    return {row[item_column].strip().removesuffix(".hea"): row[patient_column].strip().removesuffix(".0")
+    keep = [c for c in optional if rows and c in rows[0]]
+    return {row[item_column].strip().removesuffix(".hea"):
+            {"patient": (row[patient_column] or "").strip().removesuffix(".0"), **{c: row[c] or "" for c in keep}}
             for row in rows}
 
 
-class WFDBReader:
+class WFDBReader(Reader):
     """Reads the WFDB records under ``root``; ``items()`` lists them, ``read(item)`` gives one :class:`Record`.
 
     Args:
@@ -82,33 +88,37 @@ class WFDBReader:
     """
 
     format = "wfdb"
-    OPTIONS = ("labels_from_dx",)
+    SUFFIXES = (".hea",)
+    OPTIONS = (Option("labels_from_dx", "one label dx_<code> per SNOMED-CT code of the headers' '# Dx:' lines", bool),)
 
     def __init__(self, root, labels_from_dx: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"WFDB source {root} is not a folder")
         self.labels_from_dx = labels_from_dx
-        self.layout, self._patients = "wfdb", None
-        if (self.root / "ptbxl_database.csv").is_file():
+        self.layout, self._index = "wfdb", None
+        if (self.root / ptbxl.DATABASE).is_file():
             self.layout = "ptbxl"
-            self._patients = _index_csv(self.root / "ptbxl_database.csv", "filename_hr", "patient_id")
+            self._index = _index_csv(self.root / ptbxl.DATABASE, "filename_hr", "patient_id", ptbxl.COLUMNS)
         elif (self.root / "record_list.csv").is_file():
             self.layout = "mimic"
-            self._patients = _index_csv(self.root / "record_list.csv", "path", "subject_id")
+            self._index = _index_csv(self.root / "record_list.csv", "path", "subject_id")
 
     def items(self) -> list[str]:
         """The records: those of the layout's index, else every header under the root (relative path without
         ``.hea``), sorted."""
-        if self._patients is not None:
-            return sorted(self._patients)
+        if self._index is not None:
+            return sorted(self._index)
         return sorted(p.relative_to(self.root).with_suffix("").as_posix() for p in self.root.rglob("*.hea"))
 
     def metadata(self, items: list[str]) -> dict:
-        """Per item: ``patient_keys`` (PTB-XL, MIMIC-IV-ECG) and, with ``labels_from_dx``, ``labels``."""
-        out = {}
-        if self._patients is not None:
-            out["patient_keys"] = [self._patients.get(it) for it in items]
+        """Per item: ``patient_keys`` (PTB-XL, MIMIC-IV-ECG); PTB-XL's ``fold``, ``labels`` and ``label_groups``
+        (``ecgfast.ingest.ptbxl.metadata``); with ``labels_from_dx``, ``labels`` from the headers too."""
+        out = {"labels": {}}
+        if self._index is not None:
+            out["patient_keys"] = [self._index[it]["patient"] or None for it in items]
+        if self.layout == "ptbxl":
+            out.update(ptbxl.metadata(self.root, self._index, items))
         if self.labels_from_dx:
             codes = []
             for item in items:
@@ -125,7 +135,7 @@ class WFDBReader:
             for i, cs in enumerate(codes):
                 for c in names if cs is not None else ():
                     labels[f"dx_{c}"][i] = float(c in cs)
-            out["labels"] = labels
+            out["labels"] = {**out["labels"], **labels}
         return out
 
     def read(self, item: str) -> Record:
@@ -162,14 +172,11 @@ class WFDBReader:
             for row, i in enumerate(rows):
                 s = specs[i]
                 signal[i] = (adc[row] - s["baseline"]) * (s["scale"] / s["gain"])
-        return Record(
-            item=item,
-            signal=signal,
-            lead_names=[s["name"] for s in specs],
-            fs=fs,
-            age=age_years(comments.get("age")),
-            sex=sex_code(comments.get("sex")),
-        )
+        age, sex = age_years(comments.get("age")), sex_code(comments.get("sex"))
+        if self.layout == "ptbxl" and item in self._index:  # its headers carry no demographics; the index does
+            index_age, index_sex = ptbxl.demographics(self._index[item])
+            age, sex = (age if math.isnan(index_age) else index_age), (sex if index_sex < 0 else index_sex)
+        return Record(item=item, signal=signal, lead_names=[s["name"] for s in specs], fs=fs, age=age, sex=sex)
 
     @staticmethod
     def _signal_spec(item: str, line: str) -> dict:
