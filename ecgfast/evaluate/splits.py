@@ -99,16 +99,17 @@ class PatientSplit:
         parts = {name: np.sort(getattr(self, name)).tolist() for name in ("train", "val", "test")}
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
-    def check_store(self, identity: Mapping, source: str = "the split") -> None:
-        """Refuse a store other than the one the split was drawn on (``identity`` from ``store_identity``)."""
+    def check_store(self, identity: Mapping, source: str = "the split",
+                    fix: str = "draw a new split for this store") -> None:
+        """Refuse a store other than the one the split was drawn on (``identity`` from ``store_identity``): a
+        ValueError naming both stores, then ``fix``."""
         if self.store is None or self.store.get("fingerprint") == identity.get("fingerprint"):
             return
         raise ValueError(
             f"{source} was drawn on the store at {self.store.get('location')} ({self.store.get('n_records')} records, "
             f"fingerprint {str(self.store.get('fingerprint'))[:12]}), not on this one at {identity.get('location')} "
             f"({identity.get('n_records')} records, fingerprint {str(identity.get('fingerprint'))[:12]}): its "
-            f"patient ids would name other patients here. Use a new run name (or delete the split) to draw one for "
-            f"this store")
+            f"patient ids would name other patients here; {fix}")
 
 
 def patient_labels(patient_ids: Sequence, labels: Sequence) -> tuple[np.ndarray, np.ndarray]:
