@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ecgfast.evaluate import PatientSplit
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
 train = importlib.util.module_from_spec(_spec)
@@ -78,7 +80,7 @@ def test_micro_demo_writes_every_output(tmp_path, cache, capsys):
                  "auroc.png"):
         assert (run_dir / name).exists(), name
     rows = list(csv.DictReader(open(run_dir / "results.csv")))
-    assert {r["arm"] for r in rows} == {"random", "frozen", "finetuned"}
+    assert {r["arm"] for r in rows} == {"prevalence", "random", "random_probe", "frozen", "finetuned"}
     assert {float(r["fraction"]) for r in rows} == {0.1, 1.0}
     for r in rows:
         assert 0.0 <= float(r["test_auroc_lo"]) <= float(r["test_auroc"]) <= float(r["test_auroc_hi"]) <= 1.0
@@ -88,7 +90,7 @@ def test_micro_demo_writes_every_output(tmp_path, cache, capsys):
     assert "test AUROC" in capsys.readouterr().out
 
     # The test patients of the split never reach pretraining; every ECG of a patient stays on one side.
-    split = train.load_split(train.Config(**train.PRESETS["micro"][1]), None, run_dir)
+    split = PatientSplit.from_json((run_dir / "split.json").read_text())
     assert not set(split.test) & (set(split.train) | set(split.val))
 
     out = tmp_path / "features.npy"
@@ -207,7 +209,7 @@ def test_resume_continues_the_same_trajectory(tmp_path, cache, capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["--tasks", "nosuch"], ["--tasks", "nosuch", "high_potassium, low_lvef"]),
-    (["--fractions", "0.5", "1"], ["--downstream-epochs", "one value per --fractions"]),
+    (["--fractions", "0.5", "1", "--downstream-epochs", "3"], ["--downstream-epochs", "one value per --fractions"]),
     (["--device", "cuda:0"], ["--device", "no CUDA"]),
     (["--batch-size", "1"], ["--batch-size 1"]),
     (["--loss", "ntxent", "--copies", "3"], ["--copies 3", "--copies 2"]),
@@ -266,6 +268,55 @@ def test_command_line_exit_status_and_help(tmp_path):
     for name in train.PRESETS:
         assert f"\n  {name} " in help_text
     assert "--out-features" in help_text and "--debug" in help_text
+
+
+def archive(path: Path, seed: int) -> Path:
+    """A store in which most patients have no label: 80 patients, of whom every low_lvef-positive one and as many
+    negatives carry labels (about a quarter); the others are unlabelled, as in an archive of ECGs with few echoes."""
+    from ecgfast.store import ECGStore
+    from ecgfast.synth import make_cohort
+
+    c = make_cohort(80, fs=50.0, seconds=3.0, leads=12, seed=seed)
+    keys = np.unique(c.patient_keys)
+    sick = np.unique(c.patient_keys[c.labels["low_lvef"] == 1])
+    labelled = np.concatenate([sick, np.setdiff1d(keys, sick)[:len(sick)]])
+    keep = np.isin(c.patient_keys, labelled)
+    with ECGStore.create(path, c.lead_names, c.fs, c.signals.shape[2], chunk_records=64, overwrite=True) as store:
+        store.append(c.signals, lengths=c.lengths, record_ids=c.record_ids, patient_keys=c.patient_keys,
+                     labels={k: np.where(keep, v, np.nan) for k, v in c.labels.items()})
+    return path
+
+
+def test_the_split_holds_only_labelled_patients_and_every_other_one_pretrains(tmp_path, cache, capsys):
+    from ecgfast.store import ECGStore
+
+    data = archive(tmp_path / "archive.zarr", seed=0)
+    argv = micro(tmp_path, cache, "pretrain", "--data", str(data), "--tasks", "low_lvef", "--name", "a",
+                 "--max-steps", "2")
+    assert train.main(argv) == 0
+    split = PatientSplit.from_json((tmp_path / "a" / "split.json").read_text())
+    with ECGStore.open(data) as store:
+        pid, y = np.asarray(store.patient_ids), np.asarray(store.labels["low_lvef"])
+        labelled = np.unique(pid[~np.isnan(y)])
+        assert len(labelled) < 0.4 * len(np.unique(pid))  # most patients have no label
+        assert np.array_equal(split.patients, labelled)  # the split holds the labelled patients, and only them
+        cfg = train.Config(**{**train.PRESETS["micro"][1], "data": str(data), "tasks": ("low_lvef",)})
+        sampler = train.make_sampler(cfg, store, split)
+        # Pretraining sees every record but those of the test patients: the unlabelled ones, train and validation.
+        assert np.array_equal(sampler.eligible, ~np.isin(pid, split.test))
+        assert split.store["fingerprint"] == train_identity(store)
+
+    # The same folder on another store at the same path: its split names other patients, and is refused.
+    archive(data, seed=1)
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--data", str(data), "--tasks", "low_lvef", "--name", "a"),
+            "split.json was drawn on the store at", "fingerprint", "--name")
+    assert PatientSplit.from_json((tmp_path / "a" / "split.json").read_text()).sha256 == split.sha256
+
+
+def train_identity(store) -> str:
+    from ecgfast.evaluate import store_identity
+
+    return store_identity(store)["fingerprint"]
 
 
 def _free_port() -> int:
