@@ -21,9 +21,9 @@ pretrained on is refused. Under torchrun --batch-size is the batch of all ranks 
 runs/<name>/ (default name: <preset>-<data>-seed<seed>): config.json, split.json, pretrain.pt, pretrain_log.csv, tb/
 (TensorBoard), augmentations.png, results.csv (one row per run), summary.csv, differences.csv, classes.csv (each
 class of a task), predictions.csv, results.json (with the provenance), auroc.png and embedding.png. A run folder
-made for other data, another preset or seed, and an existing checkpoint, are refused unless --overwrite (or --resume) says what to do with them. The library does
-the work: ecgfast.store -> ecgfast.loader (views, augment, sampling) -> ecgfast.models -> ecgfast.losses, and
-ecgfast.evaluate for the downstream protocol.
+made for other data, another preset or seed, and an existing checkpoint, are refused unless --overwrite (or
+--resume) says what to do with them. The library does the work: ecgfast.store -> ecgfast.loader (views, augment,
+sampling) -> ecgfast.models -> ecgfast.losses, and ecgfast.evaluate for the downstream protocol.
 """
 
 from __future__ import annotations
@@ -666,7 +666,6 @@ def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
     """The options against the data (``store``, or None for the synthetic cohort, which is checked before it is made):
     its rate, the records' lengths, the labels. Returns the settings to use."""
     from ecgfast import synth
-
     from ecgfast.evaluate import resolve_tasks, unknown_tasks
 
     where = cfg.data or "the synthetic cohort"
