@@ -110,6 +110,15 @@ def test_labelled_split_holds_only_labelled_patients_stratified_for_every_task()
     with pytest.raises(ValueError, match="no record holds a label"):
         labelled_patient_split(pid, {"a": np.full(len(pid), np.nan)})
 
+    # A label group of 12 classes: its combinations are mostly unique, and the lone ones are pooled and cut at the
+    # ratios (one lone patient per stratum would always land in train).
+    rng = np.random.default_rng(0)
+    group = (rng.random((len(pid), 12)) < 0.2).astype(float)
+    group[pid >= 400] = np.nan  # outside the group's evaluation
+    split = labelled_patient_split(pid, {"grp": group}, seed=1)
+    assert set(split.patients.tolist()) == set(range(400))
+    assert abs(len(split.test) - 80) <= 6 and abs(len(split.val) - 80) <= 6
+
 
 def test_nested_fractions_nest_per_seed_and_merge_equal_enlarged_fractions():
     rng = np.random.default_rng(0)
