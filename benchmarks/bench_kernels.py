@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from devices import device_info, free_gb, seconds_per_call, use_checkout
 
 use_checkout()
 
-from loss_cases import call, inputs, kernel_flops, logits  # noqa: E402
+from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # pytest-benchmark's own table, in a group of its own: seconds per round of repeated calls, per case.
@@ -33,24 +32,6 @@ GPU_CASES += [(name, n, 2, 128) for name in ("supcon", "ntxent") for n in (16384
 GPU_CASES += [("clip", n, 2, d) for n in (16384, 65536) for d in (128, 512)]
 CPU_CASES = [("clocs", 2048, 2, 128), ("clip", 2048, 2, 128), ("supcon", 1024, 2, 128)]
 ROWS = []
-
-
-def _inf_cl_seconds(z, reps):
-    try:
-        from inf_cl import cal_inf_loss
-    except ImportError:
-        return None
-    a, b = z[:, 0].detach().float().requires_grad_(), z[:, 1].detach().float().requires_grad_()
-    scale = torch.tensor(10.0, device=z.device)
-
-    head_dim = min(a.shape[-1], 256)  # Inf-CL's feature chunk (16 to 256)
-
-    def step():
-        a.grad = b.grad = None
-        ((cal_inf_loss(a, b, scale=scale, head_dim=head_dim) + cal_inf_loss(b, a, scale=scale, head_dim=head_dim))
-         / 2).backward()
-
-    return seconds_per_call(step, reps)
 
 
 def _run(benchmark, name, n, v, d, dtype, device, reps):
@@ -67,7 +48,7 @@ def _run(benchmark, name, n, v, d, dtype, device, reps):
                effective_tflops=effective / 1e12,
                kernel_tflops=kernel_flops(name, n, v, d) / seconds / 1e12 if CUDA else None)
     if name == "clip" and CUDA:
-        other = _inf_cl_seconds(z, reps)
+        other = inf_cl_seconds(z, reps)
         row["vs_inf_cl"] = other / seconds if other else None
     benchmark.extra_info.update(row, round_seconds=rounds)
     ROWS.append(row)

@@ -11,14 +11,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Dense 16-bit tensor-core peaks (no sparsity), TFLOP/s, by the marketing name's distinguishing part; the first
-# match wins, so the more specific names come first.
+# match wins, so the more specific names come first ("GH200" holds "H200").
 PEAKS = [
     ("H100 NVL", "H100 NVL", 835.0),
     ("H100 PCIe", "H100 PCIe", 756.0),
     ("H100", "H100 SXM", 989.4),
+    ("GH200", "GH200", 989.4),
     ("H200 NVL", "H200 NVL", 835.0),
     ("H200", "H200 SXM", 989.4),
-    ("GH200", "GH200", 989.4),
     ("A100", "A100", 312.0),
     ("L40S", "L40S", 362.0),
     ("A10", "A10", 125.0),
@@ -39,6 +39,11 @@ def use_checkout():
     spec.loader.exec_module(module)
 
 
+def card(name):
+    """(label, dense 16-bit peak TFLOP/s or None) of a CUDA device name, e.g. "NVIDIA H100 PCIe"."""
+    return next(((label, peak) for key, label, peak in PEAKS if key in name), (name, None))
+
+
 def device_info():
     """{"name", "label", "peak_tflops", "memory_gb"} of CUDA device 0 (peak None when unknown), or of the CPU."""
     import torch
@@ -46,7 +51,7 @@ def device_info():
     if not torch.cuda.is_available():
         return dict(name="cpu", label="cpu", peak_tflops=None, memory_gb=None)
     name = torch.cuda.get_device_name(0)
-    label, peak = next(((lab, p) for key, lab, p in PEAKS if key in name), (name, None))
+    label, peak = card(name)
     memory = torch.cuda.get_device_properties(0).total_memory / 2**30
     return dict(name=name, label=label, peak_tflops=peak, memory_gb=round(memory, 1))
 

@@ -61,29 +61,9 @@ def reference_seconds(name, z, patient_id, reps):
     return seconds_per_call(step, reps), None
 
 
-def inf_cl_seconds(z, reps):
-    try:
-        from inf_cl import cal_inf_loss
-    except ImportError:
-        return None
-    import torch
-
-    a, b = z[:, 0].detach().float().requires_grad_(), z[:, 1].detach().float().requires_grad_()
-    scale = torch.tensor(10.0, device=z.device)
-
-    head_dim = min(a.shape[-1], 256)  # Inf-CL's feature chunk (16 to 256)
-
-    def step():
-        a.grad = b.grad = None
-        ((cal_inf_loss(a, b, scale=scale, head_dim=head_dim) + cal_inf_loss(b, a, scale=scale, head_dim=head_dim))
-         / 2).backward()
-
-    return seconds_per_call(step, reps)
-
-
 def time_all(sizes, device, reps):
     import torch
-    from loss_cases import call, inputs, kernel_flops, logits
+    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits
 
     rows = []
     for n in sizes:

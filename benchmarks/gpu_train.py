@@ -8,14 +8,21 @@ over the GPU's dense bf16 peak. Target: at least 20%, stretch 40%.
     python benchmarks/gpu_train.py                  # on a GPU: the paper preset
     python benchmarks/gpu_train.py --batch 256      # a smaller batch
 
-Without CUDA it runs a tiny configuration on the CPU (no compile) so that the script itself stays tested. It writes
-its figures as JSON to benchmarks/results/gpu_train_<device>.json.
+It runs from the checkout (no install: torch and triton suffice), names the exact card and its peak (H100 SXM, PCIe
+or NVL; H200; A100), estimates the step's memory before launching it (and stops with the batch that would fit),
+times the steps with CUDA events, and writes its figures as JSON to benchmarks/results/gpu_train_<device>.json.
+Without CUDA it runs a tiny configuration on the CPU (no compile) so that the script itself stays tested: its loss
+through the Triton kernels under the interpreter when TRITON_INTERPRET=1 is set (as the tests do, with the
+interpreter's bf16 dot patched: on its own it multiplies bf16 bit patterns), else the chunked PyTorch path.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
+import os
 import platform
 import sys
 import time
@@ -23,27 +30,36 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devices import device_info, seconds_per_call, use_checkout  # noqa: E402
 
 use_checkout()  # runs from the checkout in a bare environment with torch and triton
 
+from ecgfast.losses import clocs_loss  # noqa: E402
 from ecgfast.models import DualStreamTemporalNet, train_flops  # noqa: E402
 
+# The kernels on a GPU; under the Triton interpreter (TRITON_INTERPRET=1, as the tests set it) the same kernels at
+# the tiny CPU configuration; otherwise the chunked PyTorch path.
+BACKEND = "triton" if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
 
-def contrastive_loss(z: torch.Tensor, patient_id: torch.Tensor) -> torch.Tensor:
-    """ecgfast.losses.clocs_loss where it exists; else a stand-in of the same cost class (InfoNCE across views)."""
-    try:
-        from ecgfast.losses import clocs_loss
-    except ImportError:
-        z = F.normalize(z.float(), dim=-1)
-        b, v, _ = z.shape
-        target = torch.arange(b, device=z.device)
-        pairs = [(i, j) for i in range(v) for j in range(v) if i != j]
-        return sum(F.cross_entropy(z[:, i] @ z[:, j].T / 0.1, target) for i, j in pairs) / len(pairs)
-    return clocs_loss(z, patient_id, temperature=0.1)
+
+def memory_estimate_gb(model: torch.nn.Module, shape: tuple) -> float:
+    """GB that a training step needs, estimated on the meta device before anything runs: the tensors autograd saves
+    for the backward (counted in fp32; bf16 autocast saves about half of them in 16 bits, so this errs high), the
+    weights with their gradients and Adam's two moments, and the input batch."""
+    meta = copy.deepcopy(model).to("meta").train()
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        meta.embed(torch.empty(shape, device="meta"))
+    weights = 16 * sum(p.numel() for p in model.parameters())
+    return (saved + weights + 4 * math.prod(shape)) / 2**30
 
 
 def main() -> None:
@@ -70,6 +86,13 @@ def main() -> None:
     model = DualStreamTemporalNet(width=args.width).to(device)
     shape = (args.batch, args.copies, len(model.lead_names), args.samples)
     flops = train_flops(model, shape)  # counted before compile, on the meta device
+    need = memory_estimate_gb(model, shape)
+    free = torch.cuda.mem_get_info()[0] / 2**30 if cuda else None
+    print(f"{info['label']}: batch {args.batch} needs about {need:.1f} GB (an upper estimate)"
+          + (f", {free:.1f} GB free" if cuda else ""))
+    if cuda and need > free:
+        sys.exit(f"batch {args.batch} would not fit: about {need:.1f} GB needed, {free:.1f} GB free; "
+                 f"try --batch {max(1, int(args.batch * free / need))}")
     compiled = cuda and not args.no_compile
     embed = torch.compile(model.embed) if compiled else model.embed
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4)
@@ -79,7 +102,7 @@ def main() -> None:
     def step() -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             z = embed(x)
-        loss = contrastive_loss(z, patient_id)
+        loss = clocs_loss(z, patient_id, temperature=0.1, backend=BACKEND)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,7 +121,7 @@ def main() -> None:
     result = {
         "device": name, "device_label": info["label"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "compiled": compiled, "batch": args.batch,
-        "width": args.width, "copies": args.copies, "samples": args.samples, "steps": args.steps,
+        "width": args.width, "copies": args.copies, "loss_backend": BACKEND, "memory_estimate_gb": need, "samples": args.samples, "steps": args.steps,
         "warmup_s": round(warmup_s, 3), "step_s": step_s, "ecgs_per_s": args.batch / step_s,
         "model_gflop_per_step": flops / 1e9, "model_tflops_per_s": flops / step_s / 1e12,
         "peak_tflops": peak / 1e12 if peak else None, "mfu": flops / step_s / peak if peak else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from devices import seconds_per_call
 
 from ecgfast import losses
 from ecgfast.kernels import _lse
@@ -42,3 +43,22 @@ def inputs(n, v, d, dtype, device):
     gen = torch.Generator(device=device).manual_seed(0)
     z = F.normalize(torch.randn(n, v, d, generator=gen, device=device), dim=-1).to(dtype).requires_grad_()
     return z, torch.arange(n, device=device) // 2
+
+
+def inf_cl_seconds(z, reps):
+    """Seconds per forward + backward of Inf-CL's ``cal_inf_loss`` on CLIP's two views of z, both directions, in
+    fp32 as Inf-CL takes them; None when ``inf_cl`` is not importable."""
+    try:
+        from inf_cl import cal_inf_loss
+    except ImportError:
+        return None
+    a, b = z[:, 0].detach().float().requires_grad_(), z[:, 1].detach().float().requires_grad_()
+    scale = torch.tensor(10.0, device=z.device)
+    head_dim = min(a.shape[-1], 256)  # Inf-CL's feature chunk (16 to 256)
+
+    def step():
+        a.grad = b.grad = None
+        ((cal_inf_loss(a, b, scale=scale, head_dim=head_dim) + cal_inf_loss(b, a, scale=scale, head_dim=head_dim))
+         / 2).backward()
+
+    return seconds_per_call(step, reps)

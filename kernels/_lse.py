@@ -1,7 +1,7 @@
 """The log-sum-exp tile machinery that ``cross_lse`` and ``self_lse`` share: input checks, the scalars a launch
-reads from device memory, launch options, and the ``@triton.jit`` sweeps: a row block's LSE (``row_lse``), a row
-block's gradient in one pass with the column side added by atomics (``sweep_grad``) or owning its rows only
-(``row_grad``, the atomic-free design).
+reads from device memory, launch options, and the ``@triton.jit`` sweeps: a row block's LSE (``row_lse``) and a
+row block's gradient (``sweep_grad``), in one pass with the column side added by atomics or owning its rows only
+(the atomic-free design).
 
 Every sweep takes a block of BM rows against column tiles of BN rows, so a logit tile (BM x BN) only ever lives on
 chip. Logits are kept in base 2 (``scale2 = scale * log2(e)``) so that every exponential is one ``exp2``. Padding
@@ -120,11 +120,13 @@ def backward_scalars(saved, g_bound):
     return torch.stack([saved[0], saved[1], saved[2] / alpha, saved[3] / alpha]), alpha
 
 
-def rows_with_columns(lse, g):
-    """(lse, g) with a row that has no columns (lse = -inf: self_lse of one row) set to lse 0 and gradient 0: it has
-    no logits and gets no gradient, and the kernels need no mask for it."""
+def factors(lse, g, alpha):
+    """(lse, g, f): the saved LSEs and the alpha-scaled gradients, with a row that has no columns (lse = -inf:
+    self_lse of one row) set to lse 0 and gradient 0 (it has no logits and gets no gradient, and the kernels need no
+    mask for it), and the factors f = g e^-lse of bounded logits, dS_ij = e^S_ij (f_row_i + f_col_j)."""
     finite = torch.isfinite(lse)
-    return torch.where(finite, lse, 0.0), torch.where(finite, g, 0.0)
+    lse, g = torch.where(finite, lse, 0.0), torch.where(finite, g * alpha, 0.0)
+    return lse, g, g * torch.exp(-lse)
 
 
 def scale_grad(scale, partials):
@@ -161,6 +163,16 @@ def contraction_chunk(bd, split):
     """Features per step of a logit tile's contraction on a GPU: all of them (the row tile stays on chip across the
     sweep) for 16-bit products; 64 for the two pieces of fp32 inputs, whose full-width row tiles would not fit."""
     return min(bd, 64) if split == 3 else bd
+
+
+def backward_options(x, tiles, split, deterministic, scale):
+    """(atomic, options, chunks) of a backward launch on the operands x: the design (``atomic_backward``), the
+    kernel's constexprs and launch options (DSCALE when the scale gets a gradient), and the feature chunks, the
+    grid's last axis."""
+    atomic = atomic_backward(padded_width(x), split, deterministic)
+    options = launch_options(x, tiles, split, backward=True, atomic=atomic)
+    options["DSCALE"] = isinstance(scale, torch.Tensor) and scale.requires_grad
+    return atomic, options, options["BD"] // options["BO"]
 
 
 def launch_rows(kernel, n, bm, grid, *args, **options):
@@ -356,10 +368,13 @@ def sweep_grad(acc, share, zr, zr_lo, zro, zro_lo, rows, r_base, rl_base, c_base
     """One pass over the column tiles from ``first`` to ``stop``, each logit tile computed once: returns (acc + sum_j
     dS_ij c_j, the row side for features out_off to out_off + BO; with DSCALE, share + sum_ij dS_ij <z_i, c_j>, the
     tiles' part of d loss / d scale, in fp32 from the fp32 dS), and with COLUMNS adds the column side sum_i dS_ij z_i
-    to the fp32 buffer at ``dc_base`` with atomics. A self-similarity sweep runs its own block's tiles (DIAGONAL)
-    without the column side: the block's rows take both orders of each of its pairs there, so they count half in
-    the share. dS from the saved LSEs (natural log), the alpha-scaled gradients g and the factors f = g e^-lse of rows
-    (_r) and columns (_c). Unscaled by the logit scale: the caller multiplies."""
+    to the fp32 buffer at ``dc_base`` with atomics. Without COLUMNS the program owns its rows' gradient: the
+    atomic-free design, each logit computed again by the program that owns its column (the caller's accumulators
+    are carried through, so that summing over view pairs needs no second (BM, BO) one in registers). DIAGONAL
+    leaves out each row's own column, in self-similarity tiles taken from both of their rows (the block's own tiles
+    in the single pass, every tile in the atomic-free design): they count half in the share. dS from the saved LSEs
+    (natural log), the alpha-scaled gradients g and the factors f = g e^-lse of rows (_r) and columns (_c).
+    Unscaled by the logit scale: the caller multiplies."""
     fr = load_vector(f_r, rows, n)
     feats = tl.arange(0, BO)
     for start in range(first, stop, BN):
@@ -379,33 +394,6 @@ def sweep_grad(acc, share, zr, zr_lo, zro, zro_lo, rows, r_base, rl_base, c_base
             dzc = tile_product(tl.zeros([BN, BO], tl.float32), tl.trans(ds_hi), tl.trans(ds_lo), zro, zro_lo, SPLIT)
             ptrs = dc_base + cols.to(tl.int64)[:, None] * stride_n + feats[None, :]
             tl.atomic_add(ptrs, dzc, mask=(cols[:, None] < n) & (feats[None, :] < d - out_off), sem="relaxed")
-    return acc, share
-
-
-@triton.jit
-def row_grad(acc, share, zr, zr_lo, rows, r_base, rl_base, c_base, cl_base, lse_r, lse_c, g_r, g_c, f_r, f_c, n, d,
-             stride_n, scale2, bounded, out_off, ROW_EDGE: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
-             DSCALE: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr,
-             SPLIT: tl.constexpr):
-    """The atomic-free backward's sweep: (acc + sum_j dS_ij c_j[out_off : out_off + BO], share + sum_ij dS_ij
-    <zr_i, c_j> with DSCALE) over all columns, the program owning its rows' gradient (no atomics); each logit is
-    computed again by the program that owns its column. dS as in ``sweep_grad``; with EXCLUDE_SELF every tile is
-    checked for the diagonal. The caller's accumulators are carried through so that summing over view pairs needs no
-    second (BM, BO) one in registers."""
-    fr = load_vector(f_r, rows, n)
-    for start in range(0, n, BN):
-        cols = start + tl.arange(0, BN)
-        dot, zc, zc_lo = logits(zr, zr_lo, r_base, rl_base, rows, c_base, cl_base, cols, n, d, stride_n, BD, BK, SPLIT)
-        if BO == BD and BK == BD:
-            zo, zo_lo = zc, zc_lo
-        else:  # the output's share of the features
-            zo, zo_lo = load_pieces(c_base + out_off, cl_base + out_off, cols, n, d - out_off, stride_n, BO, SPLIT)
-        ds = tile_ds(tile_logits2(dot, scale2, cols, n), rows, cols, n, fr, load_vector(f_c, cols, n), lse_r, lse_c,
-                     g_r, g_c, bounded, ROW_EDGE, EXCLUDE_SELF)
-        ds_hi, ds_lo = pieces(ds, zo.dtype, SPLIT)
-        acc = tile_product(acc, ds_hi, ds_lo, zo, zo_lo, SPLIT)
-        if DSCALE:
-            share += tl.sum(tl.sum(ds * dot, axis=1), axis=0)
     return acc, share
 
 

@@ -22,9 +22,9 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._lse import (BOUND2_LIMIT, add_rows, atomic_backward, backward_scalars, check_inputs, launch_options, launch_rows,
-                   lse_of, lse_start, operands, out_tiles, padded_width, row_grad, row_lse, row_tiles,
-                   rows_with_columns, scalars, scale_grad, store_grad, sweep_grad)
+from ._lse import (BOUND2_LIMIT, add_rows, backward_options, backward_scalars, check_inputs, factors, launch_options,
+                   launch_rows, lse_of, lse_start, operands, out_tiles, row_lse, row_tiles, scalars, scale_grad,
+                   store_grad, sweep_grad)
 
 
 @triton.jit
@@ -114,10 +114,10 @@ def _cross_bwd_owned(block0, x, xl, lse, g, f, dx, dscale, sc, n, d, stride_n, s
         c = k + (k >= v).to(tl.int32)
         mine = _directed_pair(v, c, V, P).to(tl.int64) * n
         other = _directed_pair(c, v, V, P).to(tl.int64) * n
-        acc, share = row_grad(acc, share, zr, zr_lo, rows, rv, rlv, x + c * stride_v, xl + c * stride_v, lse + mine,
-                              lse + other, g + mine, g + other, f + mine, f + other, n, d, stride_n, tl.load(sc),
-                              tl.load(sc + 1) <= BOUND2_LIMIT, out_off, ROW_EDGE, False, DSCALE, BN, BD, BK, BO,
-                              SPLIT)
+        acc, share = sweep_grad(acc, share, zr, zr_lo, zr, zr_lo, rows, rv, rlv, x + c * stride_v, xl + c * stride_v,
+                                dx, lse + mine, lse + other, g + mine, g + other, f + mine, f + other, n, d, stride_n,
+                                tl.load(sc), tl.load(sc + 1) <= BOUND2_LIMIT, out_off, 0, n, False, ROW_EDGE, False,
+                                DSCALE, BN, BD, BK, BO, SPLIT)
     store_grad(dx + v * stride_v + out_off, acc, rows, n, d - out_off, stride_n, tl.load(sc + 2), BO)
     if DSCALE:  # each logit counted from both of its sides: half; the first feature chunk reports it
         tl.store(dscale + v * tl.cdiv(n, BM) + block, share * 0.5 * tl.load(sc + 3), mask=out_off == 0)
@@ -163,13 +163,9 @@ class CrossLSE(torch.autograd.Function):
             g[num_pairs:] = grad_col
         # |dS_ij| <= |g_row_i| + |g_col_j|.
         sc, alpha = backward_scalars(sc, g[:num_pairs].abs().amax() + g[num_pairs:].abs().amax())
-        lse, g = rows_with_columns(lse, g * alpha)
-        f = g * torch.exp(-lse)  # the factors of bounded logits, dS_ij = e^S_ij (f_row_i + f_col_j)
+        lse, g, f = factors(lse, g, alpha)
         tiles = _tiles.choose("bwd", hi)
-        atomic = atomic_backward(padded_width(hi), ctx.split, ctx.deterministic)
-        options = launch_options(hi, tiles, ctx.split, backward=True, atomic=atomic)
-        options["DSCALE"] = isinstance(ctx.scale, torch.Tensor) and ctx.scale.requires_grad
-        chunks = options["BD"] // options["BO"]
+        atomic, options, chunks = backward_options(hi, tiles, ctx.split, ctx.deterministic, ctx.scale)
         blocks = triton.cdiv(n, tiles.BM)
         if not atomic:
             dz = torch.empty(hi.shape, dtype=ctx.dtype, device=hi.device)

@@ -19,9 +19,9 @@ import triton
 import triton.language as tl
 
 from . import _tiles
-from ._lse import (BOUND2_LIMIT, add_rows, atomic_backward, backward_scalars, check_inputs, launch_options, launch_rows,
-                   lse_of, lse_start, operands, out_tiles, padded_width, row_grad, row_lse, row_tiles,
-                   rows_with_columns, scalars, scale_grad, store_grad, sweep_grad)
+from ._lse import (BOUND2_LIMIT, add_rows, backward_options, backward_scalars, check_inputs, factors, launch_options,
+                   launch_rows, lse_of, lse_start, operands, out_tiles, row_lse, row_tiles, scalars, scale_grad,
+                   store_grad, sweep_grad)
 
 
 @triton.jit
@@ -88,12 +88,13 @@ def _self_bwd_owned(block0, x, xl, lse, g, f, dx, dscale, sc, n, d, stride_n, BM
     rows = block * BM + tl.arange(0, BM)
     out_off = tl.program_id(1) * BO
     zr, zr_lo = row_tiles(x, xl, rows, n, d, stride_n, BD, BK, SPLIT)
-    acc, share = row_grad(tl.zeros([BM, BO], tl.float32), tl.zeros([], tl.float32), zr, zr_lo, rows, x, xl, x, xl,
-                          lse, lse, g, g, f, f, n, d, stride_n, tl.load(sc), tl.load(sc + 1) <= BOUND2_LIMIT, out_off,
-                          ROW_EDGE, True, DSCALE, BN, BD, BK, BO, SPLIT)
+    acc, share = sweep_grad(tl.zeros([BM, BO], tl.float32), tl.zeros([], tl.float32), zr, zr_lo, zr, zr_lo, rows,
+                            x, xl, x, xl, dx, lse, lse, g, g, f, f, n, d, stride_n, tl.load(sc),
+                            tl.load(sc + 1) <= BOUND2_LIMIT, out_off, 0, n, False, ROW_EDGE, True, DSCALE, BN, BD, BK,
+                            BO, SPLIT)
     store_grad(dx + out_off, acc, rows, n, d - out_off, stride_n, tl.load(sc + 2), BO)
-    if DSCALE:  # each pair counted from both of its rows: half; the first feature chunk reports it
-        tl.store(dscale + block, share * 0.5 * tl.load(sc + 3), mask=out_off == 0)
+    if DSCALE:  # each pair counted from both of its rows (halved in the sweep); the first feature chunk reports it
+        tl.store(dscale + block, share * tl.load(sc + 3), mask=out_off == 0)
 
 
 class SelfLSE(torch.autograd.Function):
@@ -119,13 +120,9 @@ class SelfLSE(torch.autograd.Function):
         hi, lo, lse, sc = ctx.saved_tensors
         n, d = hi.shape
         sc, alpha = backward_scalars(sc, 2 * grad.abs().amax())  # |dS_ij| <= |g_i| + |g_j|
-        lse, g = rows_with_columns(lse, grad.contiguous() * alpha)
-        f = g * torch.exp(-lse)  # the factors of bounded logits, D_ij = e^S_ij (f_i + f_j)
+        lse, g, f = factors(lse, grad.contiguous(), alpha)  # D_ij = e^S_ij (f_i + f_j)
         tiles = _tiles.choose("bwd", hi)
-        atomic = atomic_backward(padded_width(hi), ctx.split, ctx.deterministic)
-        options = launch_options(hi, tiles, ctx.split, backward=True, atomic=atomic)
-        options["DSCALE"] = isinstance(ctx.scale, torch.Tensor) and ctx.scale.requires_grad
-        chunks = options["BD"] // options["BO"]
+        atomic, options, chunks = backward_options(hi, tiles, ctx.split, ctx.deterministic, ctx.scale)
         dscale = torch.zeros(triton.cdiv(n, tiles.BM), dtype=torch.float32, device=hi.device)
         if not atomic:
             dx = torch.empty(hi.shape, dtype=ctx.dtype, device=hi.device)
