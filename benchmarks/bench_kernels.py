@@ -5,10 +5,14 @@ CLIP at d = 512, normalized embeddings, tau 0.1 (CLIP's logit_scale 10): the log
 (atomic) path. Effective TFLOP/s count 6 FLOPs per logit and feature (the logits and their two gradients: 6 N^2 d
 per view pair, 6 M^2 d for M self-similarity rows), the kernels' own FLOPs stand beside them (2 per logit and
 feature forward, 6 backward, more where the backward splits wide features; half of the pairs for the self-similarity
-losses), and CLIP's rows give the time ratio to Inf-CL's ``cal_inf_loss`` (both directions, fp32, as Inf-CL takes
-them) when ``inf_cl`` is importable. Each time is the mean over back-to-back calls between two CUDA events.
+losses), every row the time ratio to the materialized reference (``ecgfast.losses.reference``) where its N x N
+matrices fit in half the free memory (estimated first), and CLIP's rows the ratio to Inf-CL's ``cal_inf_loss``
+(both directions, fp32, as Inf-CL takes them) when ``inf_cl`` is importable. Each time is the mean over
+back-to-back calls between two CUDA events. A case prints the memory it needs before it runs, and skips when that
+is more than the GPU has free.
 
-On a CPU the GPU cases skip with the reason, and the chunked PyTorch path (the CPU backend) is timed at N = 2,048.
+On a CPU the GPU cases skip with the reason, and the chunked PyTorch path (the CPU backend) is timed at N = 1,024 to
+2,048 beside the reference.
 
 The module prints one table of its figures at the end. pytest-benchmark's own table (seconds per round, a round being
 several calls) is not comparable across cases of different sizes; read this one.
@@ -22,7 +26,7 @@ from devices import device_info, free_gb, seconds_per_call, use_checkout
 
 use_checkout()
 
-from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits  # noqa: E402
+from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, reference_seconds  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # pytest-benchmark's own table, in a group of its own: seconds per round of repeated calls, per case.
@@ -47,6 +51,8 @@ def _run(benchmark, name, n, v, d, dtype, device, reps):
     row = dict(loss=name, n=n, v=v, d=d, dtype=str(dtype).removeprefix("torch."), ms=seconds * 1e3,
                effective_tflops=effective / 1e12,
                kernel_tflops=kernel_flops(name, n, v, d) / seconds / 1e12 if CUDA else None)
+    ref, _ = reference_seconds(name, z, patient_id, reps)
+    row["vs_reference"] = ref / seconds if ref else None
     if name == "clip" and CUDA:
         other = inf_cl_seconds(z, reps)
         row["vs_inf_cl"] = other / seconds if other else None
@@ -79,11 +85,15 @@ def table():
     peak = f", dense 16-bit peak {info['peak_tflops']} TFLOP/s" if info["peak_tflops"] else ""
     print(f"\n\nFused losses, forward + backward on {info['label']} ({info['name']}){peak}; backend "
           f"{'triton' if CUDA else 'torch (chunked)'}")
-    print(f"{'loss':7} {'N':>7} {'V':>2} {'d':>4} {'dtype':9} {'ms':>10} {'effective TFLOP/s':>18} "
-          f"{'kernel TFLOP/s':>15} {'Inf-CL time / ours':>19}")
+    unit, per = ("TFLOP/s", 1) if CUDA else ("GFLOP/s", 1e3)
+    print(f"{'loss':7} {'N':>7} {'V':>2} {'d':>4} {'dtype':9} {'ms':>10} {'effective ' + unit:>18} "
+          f"{'kernel ' + unit:>15} {'reference / ours':>16} {'Inf-CL / ours':>13}")
     for r in ROWS:
-        vs = r.get("vs_inf_cl")
-        kernel = f"{r['kernel_tflops']:.3f}" if r["kernel_tflops"] is not None else "-"
+        kernel = f"{r['kernel_tflops'] * per:.1f}" if r["kernel_tflops"] is not None else "-"
+        ref, inf = r["vs_reference"], r.get("vs_inf_cl")
         print(f"{r['loss']:7} {r['n']:>7} {r['v']:>2} {r['d']:>4} {r['dtype']:9} {r['ms']:10.3f} "
-              f"{r['effective_tflops']:18.3f} {kernel:>15} {f'{vs:.2f}' if vs else '-':>19}")
-    print("effective: 6 FLOPs per logit and feature; kernel: the FLOPs the kernels execute")
+              f"{r['effective_tflops'] * per:18.1f} {kernel:>15} {f'{ref:.2f}' if ref else '-':>16} "
+              f"{f'{inf:.2f}' if inf else '-':>13}")
+    print("effective: 6 FLOPs per logit and feature; kernel: the FLOPs the kernels execute; reference / ours and "
+          "Inf-CL / ours: their time over ours in the same run (the materialized reference where it fits in half "
+          "the free memory)")

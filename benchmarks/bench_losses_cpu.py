@@ -22,6 +22,7 @@ from ecgfast.losses import clocs_loss, reference
 D = 128
 N_TIME = 16_384
 N_MEMORY = 32_768
+PEAKS = []  # (path, N, GB beyond the inputs) of the peak-memory cases, printed as one table
 # pytest-benchmark's own table, in a group of its own: seconds of one call or one fresh process, per case.
 pytestmark = pytest.mark.benchmark(group="bench_losses_cpu: s per call or process; read the printed figures")
 
@@ -89,6 +90,18 @@ def test_peak_memory_beyond_inputs(benchmark, path, n):
 
     extra_gb = benchmark.pedantic(fresh_process, rounds=1, iterations=1)
     benchmark.extra_info["peak_gb_beyond_inputs"] = extra_gb
-    print(f"\n{path} N = {n}: peak {extra_gb:.3f} GB beyond the inputs (VmHWM of a fresh process)")
+    PEAKS.append((path, n, extra_gb))
     if path == "chunked" and n == N_MEMORY:
         assert extra_gb < 1.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def peak_table():
+    """The peak-memory figures as one table at the end of the module."""
+    yield
+    if PEAKS:
+        print(f"\n\nCLOCS forward + backward, V = 2, d = {D}, fp32: peak memory beyond the inputs (VmHWM of a fresh "
+              f"process; target < 1 GB for the chunked path at N = {N_MEMORY:,})")
+        print(f"{'path':10} {'N':>7} {'GB':>7}")
+        for path, n, gb in PEAKS:
+            print(f"{path:10} {n:>7} {gb:7.3f}")

@@ -79,7 +79,10 @@ def seconds_per_call(fn, reps, warmup=1):
 
 
 def free_gb():
-    """Free GPU memory in GB, None on the CPU."""
+    """Free memory in GB: the GPU's, or on the CPU the memory available to a new allocation (/proc/meminfo)."""
     import torch
 
-    return torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0] / 2**30
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) / 2**20

@@ -29,41 +29,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devices import ROOT, device_info, free_gb, seconds_per_call, use_checkout  # noqa: E402
+from devices import ROOT, device_info, seconds_per_call, use_checkout  # noqa: E402
 
 CASES = [("clocs", 2, 128), ("clocs", 4, 128), ("supcon", 2, 128), ("ntxent", 2, 128), ("clip", 2, 128),
          ("clip", 2, 512)]
 
 
-def reference_seconds(name, z, patient_id, reps):
-    """The materialized reference (ecgfast.losses.reference) on the same inputs, or None where its matrices would
-    not fit: about 12 bytes per logit (the logits and their gradient in the input dtype, fp32 softmax)."""
-    from loss_cases import logits
-
-    from ecgfast.losses import reference
-
-    n, v, _ = z.shape
-    need = 12 * logits(name, n, v) / 2**30
-    free = free_gb()
-    if free is not None and need > 0.8 * free:
-        return None, f"needs about {need:.0f} GB, {free:.0f} GB free"
-    x = z.detach().clone().requires_grad_()
-
-    def step():
-        x.grad = None
-        if name == "clip":
-            reference.clip_loss(x[:, 0], x[:, 1], logit_scale=10.0).backward()
-        elif name == "ntxent":
-            reference.ntxent_loss(x[:, :2], temperature=0.1).backward()
-        else:
-            getattr(reference, f"{name}_loss")(x, patient_id, temperature=0.1).backward()
-
-    return seconds_per_call(step, reps), None
-
-
 def time_all(sizes, device, reps):
     import torch
-    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits
+    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, reference_seconds
 
     rows = []
     for n in sizes:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from devices import seconds_per_call
+from devices import free_gb, seconds_per_call
 
 from ecgfast import losses
+from ecgfast.losses import reference
 from ecgfast.kernels import _lse
 
 
@@ -31,12 +32,31 @@ def kernel_flops(name, n, v, d):
     return logits(name, n, v) * per_logit * share
 
 
-def call(name, z, patient_id):
+def call(name, z, patient_id, impl=losses):
+    """The loss ``name`` of ``impl`` (ecgfast.losses, or ecgfast.losses.reference: the same signatures) on z."""
     if name == "clip":
-        return losses.clip_loss(z[:, 0], z[:, 1], logit_scale=10.0)
+        return impl.clip_loss(z[:, 0], z[:, 1], logit_scale=10.0)
     if name == "ntxent":
-        return losses.ntxent_loss(z[:, :2], temperature=0.1)
-    return getattr(losses, f"{name}_loss")(z, patient_id, temperature=0.1)
+        return impl.ntxent_loss(z[:, :2], temperature=0.1)
+    return getattr(impl, f"{name}_loss")(z, patient_id, temperature=0.1)
+
+
+def reference_seconds(name, z, patient_id, reps):
+    """(seconds per forward + backward of the materialized reference, ecgfast.losses.reference, on the same
+    inputs, None) or (None, why) where its matrices would not fit: about 12 bytes per logit (the logits and their
+    gradient in the input dtype, the fp32 softmax; 20 in fp32), estimated before anything is allocated."""
+    n, v, _ = z.shape
+    need = (20 if z.dtype == torch.float32 else 12) * logits(name, n, v) / 2**30
+    free = free_gb()
+    if need > 0.5 * free:
+        return None, f"needs about {need:.0f} GB, {free:.0f} GB free"
+    x = z.detach().clone().requires_grad_()
+
+    def step():
+        x.grad = None
+        call(name, x, patient_id, impl=reference).backward()
+
+    return seconds_per_call(step, reps), None
 
 
 def inputs(n, v, d, dtype, device):
