@@ -177,7 +177,7 @@ class CrossLSE(torch.autograd.Function):
             dscale = torch.zeros(blocks * num_pairs, dtype=torch.float32, device=hi.device)
             launch_rows(_cross_bwd, n, tiles.BM, (num_pairs, chunks), hi, lo, lse, g, f, dzf, dscale, sc, pairs, n, d,
                         hi.stride(0), hi.stride(1), num_pairs, **options)
-            dz = (dzf * sc[2]).to(ctx.dtype)
+            dz = dzf.mul_(sc[2]).to(ctx.dtype)  # in place: no second fp32 (N, V, d) tensor
         return dz, scale_grad(ctx.scale, dscale), None
 
 

@@ -132,7 +132,7 @@ class SelfLSE(torch.autograd.Function):
             dxf = torch.zeros(hi.shape, dtype=torch.float32, device=hi.device)
             launch_rows(_self_bwd, n, tiles.BM, (chunks,), hi, lo, lse, g, f, dxf, dscale, sc, n, d, hi.stride(0),
                         **options)
-            dx = (dxf * sc[2]).to(ctx.dtype)
+            dx = dxf.mul_(sc[2]).to(ctx.dtype)  # in place: no second fp32 (M, d) tensor
         return dx, scale_grad(ctx.scale, dscale), None
 
 

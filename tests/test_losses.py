@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ecgfast import losses
 from ecgfast.losses import chunked, reference
-from ecgfast.losses import _dispatch
+from ecgfast.losses import _dispatch, _numerics
 from ecgfast.losses._dispatch import primitive
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -137,6 +137,27 @@ def test_identical_embeddings_give_log_n(backend, name):
     loss = _call(name, losses, z, torch.arange(n), 10.0, backend=backend)
     expected = math.log(2 * n - 1) if name == "ntxent" else math.log(n * 4 - 1) if name == "supcon" else math.log(n)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_normalize_matches_autograd_of_the_formula(dtype):
+    # The shared normalization (its own backward, which recomputes from x) against autograd through the plain
+    # formula in float64, a zero row included: the value and the gradient, at the input dtype's rounding.
+    x = torch.randn(6, 3, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x[2, 1] = 0.0
+    x = x.to(dtype)
+    g = torch.randn(6, 3, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ours = x.clone().requires_grad_()
+    _numerics.normalize(ours).backward(g.to(dtype))
+    plain = x.double().requires_grad_()
+    norm = torch.linalg.vector_norm(plain, dim=-1, keepdim=True)
+    value = plain / torch.where(norm < _numerics.ZERO_NORM, 1.0, norm)
+    value.backward(g)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(_numerics.normalize(x).double(), value.detach(), rtol=0, atol=tol)
+    torch.testing.assert_close(ours.grad.double(), plain.grad, rtol=0, atol=tol * plain.grad.abs().max().item())
+    if dtype == torch.float64:  # away from the zero row, where finite differences leave the zero case
+        assert torch.autograd.gradcheck(_numerics.normalize, (x[:2].clone().requires_grad_(),))
 
 
 @pytest.mark.parametrize("name", LOSSES)

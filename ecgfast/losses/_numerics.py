@@ -17,13 +17,35 @@ FIXED_SHIFT_LIMIT = 40.0 * 1.01
 ZERO_NORM = 1e-12
 
 
+class _Normalize(torch.autograd.Function):
+    """x / |x| computed in at least fp32, saving only x and its norms for the backward: autograd would save the fp32
+    copy of x (at N = 10^6, V = 2, d = 128 from bf16 embeddings, 1 GB beside the input's 0.5)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+        zero = norm < ZERO_NORM
+        norm = torch.where(zero, 1.0, norm)
+        ctx.save_for_backward(x, norm, zero)
+        return (xf / norm).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, norm, zero = ctx.saved_tensors
+        g = grad.to(norm.dtype)
+        u = x.to(norm.dtype) / norm
+        # d(x / |x|) is the projection orthogonal to u, over |x|; a zero row passes its gradient through.
+        dx = torch.where(zero, g, (g - u * (g * u).sum(-1, keepdim=True)) / norm)
+        return dx.to(x.dtype)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """x / |x| along the last axis, computed in at least fp32 and returned in x's dtype.
 
     A zero embedding (|x| < 1e-12) stays as it is, and its gradient is the loss's gradient with respect to the
     normalized row, passed through unchanged: as large as any other row's. ``F.normalize`` would divide by its eps
-    instead, scaling that gradient by 1e12, which a training step cannot use.
+    instead, scaling that gradient by 1e12, which a training step cannot use. The backward recomputes from x, so no
+    fp32 copy of x is kept between forward and backward.
     """
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
-    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
-    return (xf / torch.where(norm < ZERO_NORM, 1.0, norm)).to(x.dtype)
+    return _Normalize.apply(x)
