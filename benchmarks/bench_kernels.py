@@ -26,7 +26,8 @@ from devices import device_info, free_gb, seconds_per_call, use_checkout
 
 use_checkout()
 
-from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, reference_seconds  # noqa: E402
+from loss_cases import (call, inf_cl_seconds, inputs, kernel_flops, logits, memory_gb,  # noqa: E402
+                        reference_seconds)
 
 CUDA = torch.cuda.is_available()
 # pytest-benchmark's own table, in a group of its own: seconds per round of repeated calls, per case.
@@ -63,7 +64,7 @@ def _run(benchmark, name, n, v, d, dtype, device, reps):
 @pytest.mark.skipif(not CUDA, reason="the kernels' cases need a CUDA GPU; on this CPU the chunked path is timed")
 @pytest.mark.parametrize("name,n,v,d", GPU_CASES)
 def test_kernels(benchmark, name, n, v, d):
-    need = 40 * n * v * d / 2**30  # inputs, gradients and the fp32 buffers, with room
+    need = memory_gb(n, v, d)
     print(f"\n{name} N = {n}, V = {v}, d = {d}: needs about {need:.2f} GB of GPU memory")
     if need > 0.8 * free_gb():
         pytest.skip(f"needs about {need:.1f} GB, {free_gb():.1f} GB free")

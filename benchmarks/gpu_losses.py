@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devices import ROOT, device_info, seconds_per_call, use_checkout  # noqa: E402
+from devices import ROOT, device_info, free_gb, seconds_per_call, use_checkout  # noqa: E402
 
 CASES = [("clocs", 2, 128), ("clocs", 4, 128), ("supcon", 2, 128), ("ntxent", 2, 128), ("clip", 2, 128),
          ("clip", 2, 512)]
@@ -37,11 +37,16 @@ CASES = [("clocs", 2, 128), ("clocs", 4, 128), ("supcon", 2, 128), ("ntxent", 2,
 
 def time_all(sizes, device, reps):
     import torch
-    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, reference_seconds
+    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, memory_gb, reference_seconds
 
     rows = []
     for n in sizes:
         for name, v, d in CASES:
+            need, free = memory_gb(n, v, d), free_gb()
+            print(f"{name} N = {n}, V = {v}, d = {d}: needs about {need:.2f} GB, {free:.0f} GB free", flush=True)
+            if need > 0.8 * free:
+                rows.append(dict(loss=name, n=n, v=v, d=d, skipped=f"needs about {need:.1f} GB, {free:.1f} free"))
+                continue
             z, patient_id = inputs(n, v, d, torch.bfloat16 if device == "cuda" else torch.float32, device)
 
             def step():
@@ -74,6 +79,9 @@ def print_table(info, checks, timings):
     print(f"\n{'loss':7} {'N':>7} {'V':>2} {'d':>4} {'ms':>9} {'eff. TFLOP/s':>12} {'kernel TFLOP/s':>14} "
           f"{'x reference':>11} {'x Inf-CL':>8}")
     for r in timings:
+        if "skipped" in r:
+            print(f"{r['loss']:7} {r['n']:>7} {r['v']:>2} {r['d']:>4} skipped: {r['skipped']}")
+            continue
         ref = f"{r['speedup_vs_reference']:.1f}" if r["speedup_vs_reference"] else "-"
         inf = f"{r['speedup_vs_inf_cl']:.2f}" if r.get("speedup_vs_inf_cl") else "-"
         print(f"{r['loss']:7} {r['n']:>7} {r['v']:>2} {r['d']:>4} {r['ms']:9.3f} {r['effective_tflops']:12.1f} "

@@ -41,6 +41,12 @@ def call(name, z, patient_id, impl=losses):
     return getattr(impl, f"{name}_loss")(z, patient_id, temperature=0.1)
 
 
+def memory_gb(n, v, d):
+    """GB a fused loss call needs, with room: the bf16 inputs and gradients, the normalized copy, the losses' fp32
+    positive-pair terms and the kernels' fp32 gradient buffer, about 40 bytes per embedding element."""
+    return 40 * n * v * d / 2**30
+
+
 def reference_seconds(name, z, patient_id, reps):
     """(seconds per forward + backward of the materialized reference, ecgfast.losses.reference, on the same
     inputs, None) or (None, why) where its matrices would not fit: about 12 bytes per logit (the logits and their
@@ -50,6 +56,8 @@ def reference_seconds(name, z, patient_id, reps):
     free = free_gb()
     if need > 0.5 * free:
         return None, f"needs about {need:.0f} GB, {free:.0f} GB free"
+    if need >= 1:
+        print(f"{name} N = {n}: the materialized reference needs about {need:.0f} GB", flush=True)
     x = z.detach().clone().requires_grad_()
 
     def step():
