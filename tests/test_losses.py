@@ -160,6 +160,44 @@ def test_normalize_matches_autograd_of_the_formula(dtype):
         assert torch.autograd.gradcheck(_numerics.normalize, (x[:2].clone().requires_grad_(),))
 
 
+@pytest.mark.parametrize("name", ["clocs", "clip"])
+def test_only_the_normalized_embeddings_are_kept_for_the_backward(backend, name):
+    # Between forward and backward, clocs_loss and clip_loss keep one copy of the embeddings beyond the input: the
+    # normalized ones, in the input dtype (no fp32 copy for the normalization or the positive terms; the kernels and
+    # the chunked path keep only O(N) vectors). The bytes that autograd saves, counted by its hooks.
+    z = F.normalize(torch.randn(64, 2, 128, generator=torch.Generator().manual_seed(5)), dim=-1).to(BF16)
+    z.requires_grad_()
+    saved = {}
+
+    def pack(t):
+        saved[(t.data_ptr(), t.dtype, t.shape)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = _call(name, losses, z, torch.arange(64) // 2, 10.0, backend=backend)
+    input_bytes = z.numel() * z.element_size()
+    assert sum(saved.values()) <= 2.2 * input_bytes  # the input itself, its normalized copy, O(N) vectors
+    assert not [k for k, b in saved.items() if k[1] == torch.float32 and b >= input_bytes]
+    loss.backward()
+
+
+def test_positive_sums_in_slices_give_the_same_loss_and_gradient(monkeypatch):
+    # The positive-pair sums read z in fp32 slices of rows; slices of 3 rows give what one slice gives.
+    from ecgfast.losses import _functional
+
+    z = torch.randn(20, 3, 8, generator=torch.Generator().manual_seed(6))
+    patient_id = torch.arange(20) // 3
+    results = []
+    for rows in (1 << 16, 3):
+        monkeypatch.setattr(_functional, "_SLICE_ROWS", rows)
+        x = z.clone().requires_grad_()
+        loss = losses.clocs_loss(x, patient_id, backend="torch")
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_zero_vectors_get_a_bounded_gradient(backend, name):
     # A zero embedding stays zero under normalize=True and gets the gradient of the normalized row unchanged: as

@@ -21,6 +21,7 @@ from test_losses import (  # noqa: F401  (one_thread is an autouse fixture: impo
     one_thread,
     test_identical_embeddings_give_log_n,
     test_modules_match_functions_and_learn_the_temperature,
+    test_only_the_normalized_embeddings_are_kept_for_the_backward,
     test_single_sample_losses_are_zero,
     test_small_temperature_bf16_stays_finite_and_accurate,
     test_zero_vectors_get_a_bounded_gradient,
