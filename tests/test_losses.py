@@ -181,15 +181,14 @@ def test_only_the_normalized_embeddings_are_kept_for_the_backward(backend, name)
     loss.backward()
 
 
-def test_positive_sums_in_slices_give_the_same_loss_and_gradient(monkeypatch):
-    # The positive-pair sums read z in fp32 slices of rows; slices of 3 rows give what one slice gives.
-    from ecgfast.losses import _functional
-
+def test_slices_of_rows_give_the_same_loss_and_gradient(monkeypatch):
+    # The normalization's backward and the positive-pair sums take z in fp32 slices of rows; slices of 3 rows give
+    # what one slice gives.
     z = torch.randn(20, 3, 8, generator=torch.Generator().manual_seed(6))
     patient_id = torch.arange(20) // 3
     results = []
     for rows in (1 << 16, 3):
-        monkeypatch.setattr(_functional, "_SLICE_ROWS", rows)
+        monkeypatch.setattr(_numerics, "SLICE_ROWS", rows)
         x = z.clone().requires_grad_()
         loss = losses.clocs_loss(x, patient_id, backend="torch")
         loss.backward()

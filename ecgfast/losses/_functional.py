@@ -92,7 +92,7 @@ class _PositiveSums(torch.autograd.Function):
         a, b = torch.triu_indices(z.shape[1], z.shape[1], 1, device=z.device)
         same = torch.zeros((), dtype=torch.float32, device=z.device)
         sums = None if inverse is None else torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        for rows in _slices(z.shape[0]):
+        for rows in _numerics.row_slices(z.shape[0]):
             zf = z[rows].float()
             same = same + _view_pair_sums(zf, a, b)
             if sums is not None:
@@ -107,24 +107,16 @@ class _PositiveSums(torch.autograd.Function):
         sums = None
         if inverse is not None:
             sums = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-            for rows in _slices(z.shape[0]):
+            for rows in _numerics.row_slices(z.shape[0]):
                 sums.index_add_(0, inverse[rows], z[rows].float())
             total = sums.sum(1, keepdim=True)
             sums = sums.neg_().add_(total).mul_(g_cross)
         grad = torch.empty_like(z)
-        for rows in _slices(z.shape[0]):
+        for rows in _numerics.row_slices(z.shape[0]):
             zf = z[rows].float()
             part = (zf.sum(1, keepdim=True) - zf).mul_(g_same)
             grad[rows] = part if sums is None else part.add_(sums.index_select(0, inverse[rows]))
         return grad, None
-
-
-# Rows per fp32 slice of z in _PositiveSums.
-_SLICE_ROWS = 1 << 16
-
-
-def _slices(n: int):
-    return [slice(start, start + _SLICE_ROWS) for start in range(0, n, _SLICE_ROWS)]
 
 
 def _prepare(z, patient_id, *, gather: bool, normalize: bool):
