@@ -160,11 +160,12 @@ def test_normalize_matches_autograd_of_the_formula(dtype):
         assert torch.autograd.gradcheck(_numerics.normalize, (x[:2].clone().requires_grad_(),))
 
 
-@pytest.mark.parametrize("name", ["clocs", "clip"])
+@pytest.mark.parametrize("name", ["clocs", "clip", "supcon"])
 def test_only_the_normalized_embeddings_are_kept_for_the_backward(backend, name):
-    # Between forward and backward, clocs_loss and clip_loss keep one copy of the embeddings beyond the input: the
-    # normalized ones, in the input dtype (no fp32 copy for the normalization or the positive terms; the kernels and
-    # the chunked path keep only O(N) vectors). The bytes that autograd saves, counted by its hooks.
+    # Between forward and backward, a loss keeps one copy of the embeddings beyond the input: the normalized ones,
+    # in the input dtype (no fp32 copy for the normalization or the positive terms; the kernels and the chunked
+    # path keep only O(N) vectors). The bytes that autograd saves, counted by its hooks. (NT-Xent keeps a second
+    # bf16 copy: the views laid out as rows for self_lse.)
     z = F.normalize(torch.randn(64, 2, 128, generator=torch.Generator().manual_seed(5)), dim=-1).to(BF16)
     z.requires_grad_()
     saved = {}
@@ -181,16 +182,17 @@ def test_only_the_normalized_embeddings_are_kept_for_the_backward(backend, name)
     loss.backward()
 
 
-def test_slices_of_rows_give_the_same_loss_and_gradient(monkeypatch):
-    # The normalization's backward and the positive-pair sums take z in fp32 slices of rows; slices of 3 rows give
-    # what one slice gives.
+@pytest.mark.parametrize("name", ["clocs", "supcon"])
+def test_slices_of_rows_give_the_same_loss_and_gradient(monkeypatch, name):
+    # The normalization and the positive terms take z in fp32 slices of rows; slices of 3 rows give what one slice
+    # gives.
     z = torch.randn(20, 3, 8, generator=torch.Generator().manual_seed(6))
     patient_id = torch.arange(20) // 3
     results = []
     for rows in (1 << 16, 3):
         monkeypatch.setattr(_numerics, "SLICE_ROWS", rows)
         x = z.clone().requires_grad_()
-        loss = losses.clocs_loss(x, patient_id, backend="torch")
+        loss = getattr(losses, f"{name}_loss")(x, patient_id, backend="torch")
         loss.backward()
         results.append((loss.detach(), x.grad))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=0)

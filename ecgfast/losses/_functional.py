@@ -90,15 +90,13 @@ class _PositiveSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, inverse):
         a, b = torch.triu_indices(z.shape[1], z.shape[1], 1, device=z.device)
-        same = torch.zeros((), dtype=torch.float32, device=z.device)
-        sums = None if inverse is None else torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        for rows in _numerics.row_slices(z.shape[0]):
-            zf = z[rows].float()
-            same = same + _view_pair_sums(zf, a, b)
-            if sums is not None:
-                sums.index_add_(0, inverse[rows], zf)
+        same = sum(_view_pair_sums(z[rows].float(), a, b) for rows in _numerics.row_slices(z.shape[0]))
+        if inverse is None:
+            cross = same.new_zeros(())
+        else:
+            cross = _view_pair_sums(_patient_sums(z, inverse, z.shape[0]), a, b)
         ctx.save_for_backward(z, inverse)
-        return same, same.new_zeros(()) if sums is None else _view_pair_sums(sums, a, b)
+        return same, cross
 
     @staticmethod
     def backward(ctx, g_same, g_cross):
@@ -106,9 +104,7 @@ class _PositiveSums(torch.autograd.Function):
         z, inverse = ctx.saved_tensors
         sums = None
         if inverse is not None:
-            sums = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-            for rows in _numerics.row_slices(z.shape[0]):
-                sums.index_add_(0, inverse[rows], z[rows].float())
+            sums = _patient_sums(z, inverse, z.shape[0])
             total = sums.sum(1, keepdim=True)
             sums = sums.neg_().add_(total).mul_(g_cross)
         grad = torch.empty_like(z)
@@ -117,6 +113,47 @@ class _PositiveSums(torch.autograd.Function):
             part = (zf.sum(1, keepdim=True) - zf).mul_(g_same)
             grad[rows] = part if sums is None else part.add_(sums.index_select(0, inverse[rows]))
         return grad, None
+
+
+class _AnchorPositives(torch.autograd.Function):
+    """s_i = <P_g - x_i, x_i> in fp32 for each row x_i of x (M, d), P_g the sum of the rows of its patient g
+    (``inverse``): the sum of the anchor's positive logits, up to the scale. Saves x and the index alone, reading
+    x in fp32 slices of rows; the patient sums (and in the backward the sums of w_j x_j) are the only fp32
+    tensors of their size, inside forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, inverse, groups):
+        sums = _patient_sums(x, inverse, groups)
+        out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+        for rows in _numerics.row_slices(x.shape[0]):
+            xf = x[rows].float()
+            out[rows] = ((sums.index_select(0, inverse[rows]) - xf) * xf).sum(1)
+        ctx.save_for_backward(x, inverse)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, w):
+        # ds_i/dx_i = P_g - x_i and ds_j/dx_i = x_j for j != i of the patient: grad_i = w_i (P_g - 2 x_i) + W_g,
+        # W_g = sum over the patient's rows of w_j x_j.
+        x, inverse = ctx.saved_tensors
+        sums = _patient_sums(x, inverse, ctx.groups)
+        weighted = _patient_sums(x, inverse, ctx.groups, w)
+        grad = torch.empty_like(x)
+        for rows in _numerics.row_slices(x.shape[0]):
+            xf, index = x[rows].float(), inverse[rows]
+            grad[rows] = w[rows, None] * (sums.index_select(0, index) - 2 * xf) + weighted.index_select(0, index)
+        return grad, None, None
+
+
+def _patient_sums(x, inverse, groups, weights=None):
+    """(groups, ...) fp32: the sums of x's rows (times ``weights``, for 2-d x) per patient index ``inverse``, over
+    fp32 slices of x."""
+    sums = torch.zeros((groups, *x.shape[1:]), dtype=torch.float32, device=x.device)
+    for rows in _numerics.row_slices(x.shape[0]):
+        xf = x[rows].float()
+        sums.index_add_(0, inverse[rows], xf if weights is None else xf * weights[rows, None])
+    return sums
 
 
 def _prepare(z, patient_id, *, gather: bool, normalize: bool):
@@ -196,10 +233,8 @@ def supcon_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto
     lse = self_(x, scale, deterministic=deterministic)
     inverse, counts, _ = _patients(patient_id)
     inverse = inverse.repeat_interleave(v)
-    xf = x.float()
-    per_patient = xf.new_zeros((n, d)).index_add_(0, inverse, xf)
     n_pos = counts[inverse] * v - 1
-    positive_mean = scale * ((per_patient[inverse] - xf) * xf).sum(1) / n_pos.clamp(min=1)
+    positive_mean = scale * _AnchorPositives.apply(x, inverse, n) / n_pos.clamp(min=1)
     per_anchor = torch.where(n_pos > 0, lse - positive_mean, 0.0)
     return per_anchor.mean()
 
