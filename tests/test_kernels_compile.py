@@ -1,5 +1,5 @@
 """The Triton kernels compile ahead of time for sm_80 and sm_90 (no GPU needed), with the specialization a launch at
-N = 65,536 gets, and their SASS has the properties the design promises. A subset that fits CI (about 20 compiles);
+N = 65,536 gets, and their SASS has the properties the design promises. A subset that fits CI (26 compiles);
 ``pytest --benchmark benchmarks/bench_kernels_compile.py`` compiles and reports the full matrix. The interpreter
 tests prove the arithmetic; only this proves the kernels build and what they build to."""
 
