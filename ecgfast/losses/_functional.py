@@ -181,7 +181,8 @@ def clocs_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto"
         gather: under torch.distributed, all-gather z and patient_id with gradient so that negatives span the
             global batch; the loss equals the single-process loss on the concatenated batch on every rank, and
             DDP's averaged gradients equal that single process's gradients.
-        deterministic: an atomic-free backward in the Triton kernels (the torch path always is).
+        deterministic: the Triton kernels' atomic-free, bitwise repeatable design (the torch path always is); the
+            per-patient sums use ``index_add_``, repeatable on CUDA under ``torch.use_deterministic_algorithms``.
 
     Returns:
         The scalar loss (fp32).
