@@ -249,3 +249,32 @@ def test_ctrl_c_with_worker_processes_loses_nothing_and_leaves_no_worker(source,
     assert len(store) == 0 and len(store.state_entries("ingest_state")) == 3
     done = _finish_and_compare(source, dest, reference, workers=2)
     assert "resumed an interrupted run that had written 12" in done.stdout  # 3 shards of 4
+
+
+def _importing_worker(group: int) -> bool:
+    """Whether a process of ``group`` is a spawned multiprocessing worker that has begun its imports (NumPy's
+    extension is mapped): Python's SIGINT handler is installed, the worker's initializer has not run yet."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if (os.getpgid(int(pid)) == group and b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
+                    and "_multiarray_umath" in open(f"/proc/{pid}/maps").read()):
+                return True
+        except (OSError, ProcessLookupError):
+            continue
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes through /proc")
+def test_ctrl_c_while_workers_start_prints_no_worker_traceback(source, tmp_path):
+    """Ctrl-C to the process group while a worker process still imports (before its initializer could ignore
+    SIGINT): the parent alone answers, with its one line, and no worker's traceback."""
+    proc = subprocess.Popen(_command(source, tmp_path / "s.zarr", 2), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not _importing_worker(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "no worker process started"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "ecgfast ingest: interrupted; run the same command again to finish it"

@@ -135,6 +135,20 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _submit(pool, job):
+    # The pool starts its worker processes inside submit(), and a worker's initializer runs only after its imports:
+    # Ctrl-C in between would print the worker's KeyboardInterrupt traceback. A process started with SIGINT blocked
+    # keeps it blocked through exec and start-up (multiprocessing shields its resource tracker the same way); the
+    # parent's own Ctrl-C merely waits for the end of this call.
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(convert_task, job)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(convert_task, job)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_tasks(jobs, workers: int):
     """The tasks' results in order: in this process, or in ``workers`` spawned processes, a few tasks ahead.
 
@@ -152,7 +166,7 @@ def run_tasks(jobs, workers: int):
     try:
         ahead: deque = deque()
         for job in jobs:
-            ahead.append(pool.submit(convert_task, job))
+            ahead.append(_submit(pool, job))
             if len(ahead) >= 3 * workers:
                 yield ahead.popleft().result()
         while ahead:
