@@ -30,7 +30,7 @@ def _patch_interpreter_dot():
     """The interpreter's tl.dot multiplies bf16 tiles as their uint16 bit patterns. Patch it to compute as tensor
     cores do, 16-bit operands exactly with fp32 accumulation, so that every dtype runs its real code path under
     test; the kernels under test keep their operand types. The patched dot and exps also count the work done."""
-    from threadpoolctl import ThreadpoolController  # comes with scikit-learn, in the dev extra
+    from threadpoolctl import ThreadpoolController
     from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
 
     blas = ThreadpoolController()
