@@ -194,6 +194,16 @@ def test_interrupted_inside_a_record_split_into_windows(data_dir, tmp_path, monk
                                   reference.read_block(0, len(reference), raw=True))
 
 
+@pytest.fixture
+def sigint_at_default():
+    """A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored through exec, so the
+    commands under test would never see the Ctrl-C (the ingest then exits 0). A caught signal is reset to its default
+    by exec: catching it here starts them as a terminal's foreground job starts."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _with_fault(cmd, fault: str, timeout=120.0):
     """Run ``cmd`` in a process group of its own with the named fault point armed (``ecgfast.ingest.faults``)."""
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -227,7 +237,8 @@ def test_killed_during_the_final_write_out_the_same_command_finishes_exactly_onc
     _finish_and_compare(source, dest, reference)
 
 
-def test_ctrl_c_with_worker_processes_loses_nothing_and_leaves_no_worker(source, reference, tmp_path):
+def test_ctrl_c_with_worker_processes_loses_nothing_and_leaves_no_worker(source, reference, tmp_path,
+                                                                          sigint_at_default):
     """SIGINT to the whole process group (what Ctrl-C in a terminal does) once three shards are marked done, while
     two worker processes convert: the command says how to finish and exits 130, every process of the group is
     gone, and the same command finishes the run with every record exactly once."""
@@ -265,7 +276,7 @@ def _importing_worker(group: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes through /proc")
-def test_ctrl_c_while_workers_start_prints_no_worker_traceback(source, tmp_path):
+def test_ctrl_c_while_workers_start_prints_no_worker_traceback(source, tmp_path, sigint_at_default):
     """Ctrl-C to the process group while a worker process still imports (before its initializer could ignore
     SIGINT): the parent alone answers, with its one line, and no worker's traceback."""
     proc = subprocess.Popen(_command(source, tmp_path / "s.zarr", 2), start_new_session=True,
