@@ -7,18 +7,23 @@
     python train.py embed --data runs/cpsc.zarr --checkpoint runs/cpsc/pretrain.pt --out-features cpsc.npy
     ecgfast ingest ../shared/data/cinc2021 runs/cinc_dx.zarr --labels-from-dx
     python train.py evaluate --data runs/cinc_dx.zarr --tasks dx_426783006 --checkpoint runs/cpsc/pretrain.pt
+    python train.py evaluate --data runs/potassium.zarr --tasks "potassium>1" --checkpoint runs/cpsc/pretrain.pt
+    python train.py evaluate --data runs/ptbxl.zarr --split folds --tasks super --checkpoint runs/cpsc/pretrain.pt
     python train.py pretrain --data STORE --preset paper
     torchrun --nproc_per_node=8 train.py pretrain --data STORE --preset paper
 
 `pretrain` needs no labels: with tasks labelled in the store, their test patients are held out; without, every record
-pretrains; the split holds only patients with a label of the tasks, so every other patient pretrains. `evaluate`
-and `embed` take the model, width, fs and window from the checkpoint. Outputs land in runs/<name>/ (default name:
-<preset>-<data>-seed<seed>): config.json, split.json, pretrain.pt, pretrain_log.csv, tb/ (TensorBoard),
-augmentations.png, results.csv (one row per run), summary.csv, differences.csv, predictions.csv, results.json (with
-the provenance), auroc.png and embedding.png. A run folder made for other data, another preset or seed,
-and an existing checkpoint, are refused unless --overwrite (or --resume) says what to do with them. The library does
-the work: ecgfast.store -> ecgfast.loader (views, augment, sampling) -> ecgfast.models -> ecgfast.losses, and
-ecgfast.evaluate for the downstream protocol.
+pretrains; the split holds only patients with a label of the tasks, so every other patient pretrains. A task is a
+0/1 label, a label group (one multi-label head, macro AUROC) or a comparison of a float label ("lvef<40"); the
+split is random (--seed) or the store's folds (--split folds). `evaluate` and `embed` take the model, width, fs and
+window from the checkpoint, which may come from another store; on its own store, a split whose test patients it
+pretrained on is refused. Under torchrun --batch-size is the batch of all ranks together. Outputs land in
+runs/<name>/ (default name: <preset>-<data>-seed<seed>): config.json, split.json, pretrain.pt, pretrain_log.csv, tb/
+(TensorBoard), augmentations.png, results.csv (one row per run), summary.csv, differences.csv, classes.csv (each
+class of a task), predictions.csv, results.json (with the provenance), auroc.png and embedding.png. A run folder
+made for other data, another preset or seed, and an existing checkpoint, are refused unless --overwrite (or
+--resume) says what to do with them. The library does the work: ecgfast.store -> ecgfast.loader (views, augment,
+sampling) -> ecgfast.models -> ecgfast.losses, and ecgfast.evaluate for the downstream protocol.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -70,9 +76,13 @@ class Config:
     vcg_residual: bool = opt(False, "keep the non-dipolar part of the ECG in the VCG augmentation")
     sampling: str = opt("patient", "patient: P patients x 2 ECGs per batch, so that patient-aware positives meet; "
                                    "uniform: records shuffled one by one (the authors')")
-    batch_size: int = opt(128, "pretraining batch, records per rank")
+    batch_size: int = opt(128, "pretraining batch, records in all: under torchrun each rank takes --batch-size / "
+                               "the number of ranks, and the loss contrasts the whole batch")
     lr: float = opt(1e-3, "Adam learning rate of pretraining")
     adam_eps: float = opt(1e-8, "Adam epsilon of pretraining")
+    lr_schedule: str = opt("constant", "pretraining learning rate: constant, or cosine (--lr for --lr-hold-epochs "
+                                       "epochs, then a cosine decay to 0 at the last epoch's end, set every step)")
+    lr_hold_epochs: int = opt(0, "cosine schedule: epochs at --lr before the decay")
     clip: float = opt(1.0, "gradient norm clip")
     epochs: int = opt(50, "pretraining epochs")
     max_steps: int | None = opt(None, "stop pretraining after this many steps in all (resumable); none: no cap")
@@ -81,7 +91,13 @@ class Config:
     # --downstream-eval-every steps, stopped after --downstream-patience validations without a better AUROC or at
     # the --downstream-max-steps budget
     tasks: tuple[str, ...] = opt(("low_lvef", "high_potassium"),
-                                 "labels of the store to evaluate on; pretrain holds their test patients out")
+                                 "what to evaluate on, each a label of the store (0/1), a label group (one "
+                                 "multi-label head; macro AUROC) or a float label compared with a number when it "
+                                 "is evaluated ('lvef<40', 'potassium>=5.5'; < <= > >=); pretrain holds their test "
+                                 "patients out")
+    split: str = opt("random", "who trains, validates and is scored: random (the labelled patients 60/20/20, "
+                               "stratified by the tasks' labels, from --seed) or folds (the store's folds: 1-8 "
+                               "train, 9 validate, 10 test; PTB-XL's strat_fold)")
     arms: tuple[str, ...] = opt(("prevalence", "random", "random_probe", "frozen", "finetuned"),
                                 "downstream arms to train", "arms")
     fractions: tuple[float, ...] = opt((0.01, 0.05, 0.10, 1.0), "label fractions of the training patients",
@@ -122,9 +138,10 @@ PRESETS = {  # name: (what it is for, the settings it changes)
     "paper": ("Dade et al.: 8 leads at 500 Hz, 5 s windows, two augmented copies, dual stream, CLOCS, uniform "
               "sampling (a GPU's work)",
               dict(fs=500.0, window_s=5.0, width=1.0, dropout=0.5, batch_size=512, lr=1e-4, adam_eps=1e-4, epochs=200,
-                   sampling="uniform", fractions=(0.01, 0.05, 0.10, 0.50, 1.0), downstream_seeds=5,
-                   downstream_epochs=(70, 50, 30, 20, 20), downstream_eval_every=None, downstream_max_steps=None,
-                   downstream_patience=None, downstream_workers=1, torch_threads=None)),
+                   lr_schedule="cosine", lr_hold_epochs=50, sampling="uniform", downstream_batch_size=512,
+                   fractions=(0.01, 0.05, 0.10, 0.50, 1.0), downstream_epochs=(70, 50, 30, 20, 20), downstream_seeds=5,
+                   downstream_eval_every=None, downstream_max_steps=None, downstream_patience=None,
+                   downstream_workers=1, torch_threads=None)),
     "micro": ("seconds, for tests: the same code path at a tiny size",
               dict(patients=60, fs=50.0, window_s=2.0, width=1 / 32, batch_size=16, epochs=1, checkpoint_every=2,
                    sampling="uniform",
@@ -136,15 +153,18 @@ SYNTH_SECONDS = 10.0  # the synthetic cohort's ECGs
 COMMANDS = ("demo", "pretrain", "evaluate", "embed")
 LOSSES = ("clocs", "supcon", "ntxent")
 SAMPLING = ("uniform", "patient")
+SPLITS = ("random", "folds")
+LR_SCHEDULES = ("constant", "cosine")
 # evaluate and embed read these from the checkpoint; a different value on the command line is refused.
 CHECKPOINT_SETTINGS = ("model", "width", "fs", "window_s")
 # A resumed pretraining follows the same trajectory only with these unchanged.
 RESUME_SETTINGS = ("model", "width", "dropout", "fs", "window_s", "loss", "temperature", "copies", "vcg_residual",
-                   "sampling", "batch_size", "lr", "adam_eps", "clip", "seed", "patients")
+                   "sampling", "batch_size", "lr", "adam_eps", "lr_schedule", "lr_hold_epochs", "clip", "seed",
+                   "patients")
 # Everything train.py writes in a run folder (--overwrite removes these and nothing else).
 RUN_OUTPUTS = ("config.json", "split.json", "pretrain.pt", "pretrain.tmp", "pretrain_log.csv", "tb",
-               "augmentations.png", "results.csv", "summary.csv", "differences.csv", "predictions.csv", "results.json",
-               "auroc.png", "embedding.png")
+               "augmentations.png", "results.csv", "summary.csv", "differences.csv", "classes.csv", "predictions.csv",
+               "results.json", "auroc.png", "embedding.png")
 
 # ------------------------------------------------------------------------------------------------------ the parts
 
@@ -208,9 +228,10 @@ def window(cfg: Config) -> int:
 
 def load_split(cfg: Config, store, path: Path):
     """The patient split of the tasks, kept in the run's split.json; None when there is no task to hold test patients
-    out for. It is drawn over the patients that hold a label of one of the tasks only, so that every other patient
-    pretrains, and it is bound to the store it was drawn on: a split.json of another store is refused."""
-    from ecgfast.evaluate import PatientSplit, labelled_patient_split, store_identity
+    out for. It holds the patients with a label of one of the tasks only, so that every other patient pretrains; it
+    is drawn at random from --seed or read from the store's folds (--split), and it is bound to the store it was
+    drawn on: a split.json of another store is refused."""
+    from ecgfast.evaluate import PatientSplit, fold_split, labelled_patient_split, resolve_tasks, store_identity
 
     file = path / "split.json"
     identity = store_identity(store)
@@ -218,6 +239,9 @@ def load_split(cfg: Config, store, path: Path):
         split = PatientSplit.from_json(file.read_text())
         split.check_store(identity, source=str(file), fix="choose another --name, or pass --overwrite to start this "
                                                           "run again on this store")
+        if split.method != cfg.split:
+            raise ValueError(f"--split {cfg.split}: {file} is a {split.method} split: pass --split {split.method}, "
+                             f"evaluate in another run (--name), or pass --overwrite to start this one again")
         new = [t for t in cfg.tasks if split.tasks and t not in split.tasks]
         if new:
             raise ValueError(f"--tasks {show(cfg.tasks)}: {file} was drawn for {show(split.tasks)}, so the test "
@@ -226,8 +250,10 @@ def load_split(cfg: Config, store, path: Path):
         return split
     if not cfg.tasks:
         return None
-    return labelled_patient_split(store.patient_ids, {t: store.labels[t] for t in cfg.tasks}, seed=cfg.seed,
-                                  store=identity)
+    labels = {task.name: task.labels for task in resolve_tasks(store, cfg.tasks)}
+    if cfg.split == "folds":
+        return fold_split(store.patient_ids, store.folds, labels, store=identity)
+    return labelled_patient_split(store.patient_ids, labels, seed=cfg.seed, store=identity)
 
 
 def contrastive_loss(cfg: Config, z: torch.Tensor, patient_id: torch.Tensor, gather: bool) -> torch.Tensor:
@@ -274,21 +300,21 @@ def make_sampler(cfg: Config, store, split):
 
     rank, world = rank_and_world()
     exclude = None if split is None else np.isin(store.patient_ids, split.test)
-    opts = dict(augment=Augment.paper(keep_residual=cfg.vcg_residual), batch_size=cfg.batch_size, seed=cfg.seed,
-                rank=rank, world_size=world, mode=cfg.sampling, exclude=exclude)
+    opts = dict(augment=Augment.paper(keep_residual=cfg.vcg_residual), batch_size=cfg.batch_size // world,
+                seed=cfg.seed, rank=rank, world_size=world, mode=cfg.sampling, exclude=exclude)
     try:
         return PatientBatchSampler.from_store(store, view_spec(cfg), **opts)
     except ValueError:
         # Built again keeping a short last batch: its own error, if it has one, is about the data; otherwise the only
         # fault was a batch larger than the records, which train.py names by its option.
         sampler = PatientBatchSampler.from_store(store, view_spec(cfg), **opts, drop_last=False)
-        per_rank = f" on each of {world} ranks" if world > 1 else ""
+        per_rank = f" ({cfg.batch_size // world} on each of {world} ranks)" if world > 1 else ""
         left_out = "".join(f"; {n} {why}" for n, why in ((sampler.n_excluded, "held out as test patients"),
                                                           (sampler.n_short, "shorter than the window"),
                                                           (sampler.n_missing_leads, "missing a lead")) if n)
         raise ValueError(f"--batch-size {cfg.batch_size}{per_rank} is more than the {sampler.n_eligible} records "
                          f"pretraining can use (of {len(store)}{left_out}): pass --batch-size "
-                         f"{sampler.n_eligible // world} or less") from None
+                         f"{sampler.n_eligible // world * world} or less") from None
 
 
 class PretrainLog:
@@ -334,25 +360,39 @@ class PretrainLog:
             self.tb.close()
 
 
-def save_checkpoint(file: Path, cfg: Config, model, opt, loader, step: int) -> None:
-    """The pretraining state, written whole or not at all (a temporary file, then a rename)."""
+def save_checkpoint(file: Path, cfg: Config, model, opt, loader, step: int, origin: dict) -> None:
+    """The pretraining state, written whole or not at all (a temporary file, then a rename). ``origin``: the store it
+    pretrains on and the patients held out of it (see check_held_out)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-             "step": step, "data": data_identity(cfg)[1], "config": dataclasses.asdict(cfg)}
+             "step": step, "data": data_identity(cfg)[1], "config": dataclasses.asdict(cfg), "pretrained_on": origin}
     torch.save(state, file.with_suffix(".tmp"))
     file.with_suffix(".tmp").replace(file)
 
 
-def pretrain(cfg: Config, store, sampler, path: Path, resume: dict | None) -> Path:
+def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """The pretraining learning rate of update ``step`` (0-based): --lr, or under --lr-schedule cosine --lr for
+    --lr-hold-epochs epochs, then a half cosine that reaches 0 at the end of epoch --epochs (what Dade et al.'s
+    schedule meant to do; see the README)."""
+    hold, total = cfg.lr_hold_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+    if cfg.lr_schedule == "constant" or step < hold:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - hold) / max(total - hold, 1))))
+
+
+def pretrain(cfg: Config, store, sampler, path: Path, resume: dict | None, split) -> Path:
     """Contrastive pretraining on the sampler's records, from ``resume`` (a checkpoint) if given; returns the
-    checkpoint's path."""
+    checkpoint's path. ``split``'s test patients are the ones the sampler holds out (None: nobody)."""
     from ecgfast.augment import Augment
+    from ecgfast.evaluate import store_identity
     from ecgfast.loader import ECGLoader
 
     distributed = torch.distributed.is_initialized()
     rank, world = rank_and_world()
     device = device_of(cfg)
     loader = ECGLoader(store, view_spec(cfg), Augment.paper(keep_residual=cfg.vcg_residual),
-                       batch_size=cfg.batch_size, sampler=sampler, device=device, threads=cfg.threads, seed=cfg.seed)
+                       batch_size=cfg.batch_size // world, sampler=sampler, device=device, threads=cfg.threads,
+                       seed=cfg.seed)
+    origin = {"store": store_identity(store), "held_out": [] if split is None else split.test.tolist()}
 
     model = make_model(cfg).to(device)
     model.classifier.requires_grad_(False)  # the downstream head has no part in pretraining (DDP insists)
@@ -377,10 +417,12 @@ def pretrain(cfg: Config, store, sampler, path: Path, resume: dict | None) -> Pa
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 z = embed(batch["x"])
-            loss = contrastive_loss(cfg, z.float(), batch["patient_id"], gather=distributed)
+            loss = contrastive_loss(cfg, z, batch["patient_id"], gather=distributed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            for group in opt.param_groups:  # from the step alone: a resumed run continues the schedule
+                group["lr"] = learning_rate(cfg, step, len(loader))
             opt.step()
             step += 1
             if device.type == "cuda":
@@ -388,12 +430,12 @@ def pretrain(cfg: Config, store, sampler, path: Path, resume: dict | None) -> Pa
             done = time.perf_counter()
             log.record(step, loader.state_dict()["epoch"], loss, len(batch["index"]) * world, got - tic, done - got)
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step >= total):
-                save_checkpoint(ckpt_path, cfg, model, opt, loader, step)
+                save_checkpoint(ckpt_path, cfg, model, opt, loader, step, origin)
             if step >= total:
                 break
             tic = time.perf_counter()
     if rank == 0:
-        save_checkpoint(ckpt_path, cfg, model, opt, loader, step)
+        save_checkpoint(ckpt_path, cfg, model, opt, loader, step, origin)
     log.close()
     return ckpt_path
 
@@ -411,10 +453,10 @@ def checkpoint_file(cfg: Config, path: Path) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else path / "pretrain.pt"
 
 
-def checkpoint_settings(cfg: Config, explicit: set[str], file: Path, given: bool) -> tuple[Config, dict]:
-    """The pretrained weights of ``file`` (train.py's, or Dade et al.'s released files) and ``cfg`` with their
-    model, width, fs and window; a different value given on the command line is refused, naming both. ``given``: the
-    file was named by --checkpoint (else it is the run's own)."""
+def checkpoint_settings(cfg: Config, explicit: set[str], file: Path, given: bool):
+    """The checkpoint ``file`` (train.py's, or Dade et al.'s released files: an ecgfast.models.Checkpoint) and
+    ``cfg`` with its model, width, fs and window; a different value given on the command line is refused, naming
+    both. ``given``: the file was named by --checkpoint (else it is the run's own)."""
     from ecgfast.models import load_checkpoint
 
     if not file.is_file():
@@ -432,7 +474,33 @@ def checkpoint_settings(cfg: Config, explicit: set[str], file: Path, given: bool
     cfg = dataclasses.replace(cfg, **{key: saved[key] for key in CHECKPOINT_SETTINGS})
     print(f"checkpoint {file} ({ckpt.source}): --model {cfg.model} --width {cfg.width:g} --fs {cfg.fs:g} "
           f"--window-s {cfg.window_s:g}")
-    return cfg, ckpt.state_dict
+    return cfg, ckpt
+
+
+def check_held_out(cfg: Config, file: Path, source: str, split) -> None:
+    """evaluate: no test patient of the split may have pretrained the checkpoint. A train.py checkpoint records the
+    store it pretrained on and the patients it held out: on that store every test patient must be one of them. On
+    another store (or with Dade et al.'s weights, pretrained on their own data) there is nothing to compare: the
+    split is this store's, and its patients count as unseen."""
+    saved = torch.load(file, map_location="cpu", weights_only=True) if source == "ecgfast" else {}
+    origin = saved.get("pretrained_on")
+    if origin is None and source == "ecgfast":
+        print(f"{file} does not record which patients pretrained it (it predates that record): the split's test "
+              f"patients are not checked against them")
+        return
+    if origin is None or origin["store"]["fingerprint"] != split.store["fingerprint"]:
+        where = origin["store"]["location"] if origin else "Dade et al.'s own data"
+        print(f"the checkpoint was pretrained on {where}; the split is drawn on the patients of "
+              f"{cfg.data or 'the synthetic cohort'}")
+        return
+    seen = np.setdiff1d(split.test, origin["held_out"])
+    if len(seen):
+        then = saved["config"]
+        raise ValueError(f"--tasks {show(cfg.tasks)}: {len(seen)} of the {len(split.test)} test patients of this "
+                         f"{split.method} split pretrained the checkpoint {file}, which held {len(origin['held_out'])} "
+                         f"patients of this store out (--tasks {show(then.get('tasks', ()))} --split "
+                         f"{then.get('split', 'random')} --seed {then.get('seed')}): evaluate with those, or pretrain "
+                         f"holding these tasks' test patients out")
 
 
 def downstream_config(cfg: Config):
@@ -450,33 +518,34 @@ def downstream_config(cfg: Config):
 def evaluate(cfg: Config, store, split, path: Path, pretrained: dict, checkpoint: Path) -> list[dict]:
     """The downstream protocol for every task: the arms x label fractions x seeds; writes and prints the results,
     the predictions and their provenance, and the embedding map."""
-    from ecgfast.evaluate import format_table, provenance, run_protocol, write_results
+    from ecgfast.evaluate import format_table, provenance, resolve_tasks, run_protocol, write_results
 
     config = downstream_config(cfg)
     evaluation = None
-    for task in cfg.tasks:
-        y = np.asarray(store.labels[task])
-        known = np.flatnonzero(~np.isnan(y))
+    tasks = resolve_tasks(store, cfg.tasks)
+    for task in tasks:
+        known = np.flatnonzero(task.known)
         pid = np.asarray(store.patient_ids)[known]
         # The demo's records fit in memory; a large store is read batch by batch instead.
         windows = center_windows(store, known, window(cfg)) if len(known) <= 50_000 else \
             (lambda idx, known=known: center_windows(store, known[idx], window(cfg)))
-        result = run_protocol(task, windows, y[known], pid, split, lambda: make_model(cfg), pretrained=pretrained,
-                              config=config, record_ids=np.asarray(store.record_ids)[known])
+        result = run_protocol(task.name, windows, task.labels[known], pid, split, lambda: make_model(cfg),
+                              pretrained=pretrained, config=config, record_ids=np.asarray(store.record_ids)[known],
+                              classes=task.classes)
         evaluation = result if evaluation is None else evaluation + result
     write_results(evaluation, path, provenance=provenance(checkpoint=checkpoint, store=split.store, split=split,
                                                           config=dataclasses.asdict(cfg)))
-    embedding_map(cfg, store, split, path / "embedding.png", pretrained)
+    embedding_map(cfg, store, split, path / "embedding.png", pretrained, tasks)
     print(format_table(evaluation))
-    print(f"results: {path / 'results.csv'} (per run), summary.csv, differences.csv, predictions.csv, results.json; "
-          f"plots: auroc.png, embedding.png")
+    print(f"results: {path / 'results.csv'} (per run), summary.csv, differences.csv, classes.csv, predictions.csv, "
+          f"results.json; plots: auroc.png, embedding.png")
     return evaluation.runs
 
 
 @torch.no_grad()
-def embedding_map(cfg: Config, store, split, file: Path, pretrained: dict) -> None:
+def embedding_map(cfg: Config, store, split, file: Path, pretrained: dict, tasks) -> None:
     """The frozen features of the test patients' ECGs, pretrained beside randomly initialised, in two dimensions
-    (PCA) and coloured by each task's label."""
+    (PCA) and coloured by each task's label (a task of several classes: by its 4 most frequent among them)."""
     from ecgfast.evaluate import plot_embedding
 
     test = split.records(store.patient_ids, "test")
@@ -488,8 +557,12 @@ def embedding_map(cfg: Config, store, split, file: Path, pretrained: dict) -> No
         if state is not None:
             model.load_state_dict(state)
         features[name] = model.eval().features(x).numpy()
-    plot_embedding(features, {t: np.asarray(store.labels[t])[test] for t in cfg.tasks}, file,
-                   title=f"{len(test)} test ECGs: frozen features")
+    labels = {}
+    for task in tasks:
+        y = task.labels[test]
+        for c in np.argsort(-np.nan_to_num(y).sum(axis=0), kind="stable")[:4]:
+            labels[task.classes[c]] = y[:, c]
+    plot_embedding(features, labels, file, title=f"{len(test)} test ECGs: frozen features")
 
 
 def augmentation_gallery(cfg: Config, store, file: Path, record: int = 0, views: int = 3) -> None:
@@ -549,7 +622,12 @@ def check_options(command: str, cfg: Config, args: argparse.Namespace) -> None:
                 "torch_threads"):
         need(getattr(cfg, key) is None or getattr(cfg, key) >= 1, key, "must be 1 or more (or none)")
     need(0 <= cfg.dropout < 1, "dropout", "must be in [0, 1)")
+    need(cfg.lr_hold_epochs >= 0, "lr_hold_epochs", "must be 0 or more")
     need(cfg.batch_size >= 2, "batch_size", "contrastive pretraining needs 2 records or more per batch")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    need(cfg.batch_size % world == 0, "batch_size", f"is the batch of all {world} ranks together and must divide "
+                                                    f"among them: pass a multiple of {world}, e.g. "
+                                                    f"{max(world, cfg.batch_size // world * world)}")
     need(cfg.loss != "ntxent" or cfg.copies == 2, "copies", "--loss ntxent contrasts exactly 2 copies: pass --copies 2")
     need(all(0 < f <= 1 for f in cfg.fractions), "fractions", "each must be in (0, 1]")
     if cfg.downstream_epochs is not None:
@@ -590,11 +668,13 @@ def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
     """The options against the data (``store``, or None for the synthetic cohort, which is checked before it is made):
     its rate, the records' lengths, the labels. Returns the settings to use."""
     from ecgfast import synth
+    from ecgfast.evaluate import resolve_tasks, unknown_tasks
 
     where = cfg.data or "the synthetic cohort"
     fs = cfg.fs if store is None else float(store.fs)
     longest = round(SYNTH_SECONDS * fs) if store is None else int(np.max(store.lengths, initial=0))
     labels = sorted(synth.LABELS) if store is None else store.label_names
+    groups = {} if store is None else store.label_groups
     if fs != cfg.fs:
         if command in ("evaluate", "embed"):
             raise ValueError(f"the checkpoint was pretrained on {cfg.fs:g} Hz views but {where} holds {fs:g} Hz "
@@ -612,12 +692,13 @@ def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
             "use a checkpoint pretrained on shorter windows"
         raise ValueError(f"--window-s {cfg.window_s:g} needs {window(cfg)} samples at {cfg.fs:g} Hz but the longest "
                          f"record of {where} has {longest} ({longest / cfg.fs:g} s): {fix}")
-    missing = [t for t in cfg.tasks if t not in labels] if command != "embed" else []
+    missing = unknown_tasks(cfg.tasks, labels, groups) if command != "embed" else []
     if missing and (command != "pretrain" or "tasks" in explicit):
         listed = ", ".join(labels[:12]) + (f" and {len(labels) - 12} more (`ecgfast info` lists them)"
                                            if len(labels) > 12 else "")
+        listed += f"; its label groups: {', '.join(groups)}" if groups else ""
         fix = "pretrain needs no labels: pass --tasks without a name to pretrain on every record" \
-            if command == "pretrain" else "pass --tasks with labels it has"
+            if command == "pretrain" else "pass --tasks with labels or groups it has (or a comparison of a label)"
         raise ValueError(f"--tasks {show(cfg.tasks)}: {where} has no label {', '.join(missing)} (its labels: "
                          f"{listed or 'none'}); {fix}")
     if missing:  # pretrain with the preset's tasks on a store that lacks them (none left: see run())
@@ -625,6 +706,14 @@ def check_data(command: str, cfg: Config, explicit: set[str], store) -> Config:
         if cfg.tasks:
             print(f"{where} has no label {', '.join(missing)}: only the test patients of {show(cfg.tasks)} are held "
                   f"out of pretraining")
+    if store is not None and cfg.tasks and command != "embed":
+        try:
+            resolve_tasks(store, cfg.tasks)
+        except ValueError as err:
+            raise ValueError(f"--tasks {show(cfg.tasks)}: {err}") from None
+    if cfg.split == "folds" and cfg.tasks and command != "embed" and (store is None or (store.folds < 0).all()):
+        raise ValueError(f"--split folds: {where} holds no folds (PTB-XL's ingest stores its strat_fold): pass "
+                         f"--split random")
     return cfg
 
 
@@ -666,7 +755,9 @@ def check_resume(cfg: Config, path: Path, data_id: str) -> dict | None:
     if ckpt.get("data", data_id) != data_id:
         raise ValueError(f"--resume: {file} was pretrained on {ckpt['data']}, not {data_id}: choose another "
                          f"--name, or pass --overwrite to start again")
-    changed = [k for k in RESUME_SETTINGS if getattr(cfg, k) != ckpt["config"].get(k, getattr(cfg, k))]
+    # --epochs only ends a constant-rate run (so a finished one can be continued), but sets a cosine schedule.
+    settings = RESUME_SETTINGS + (("epochs",) if cfg.lr_schedule == "cosine" else ())
+    changed = [k for k in settings if getattr(cfg, k) != ckpt["config"].get(k, getattr(cfg, k))]
     if changed:
         raise ValueError("--resume continues the run with its own settings, but "
                          + ", ".join(f"{flag(k)} {show(getattr(cfg, k))} differs from its {show(ckpt['config'][k])}"
@@ -720,7 +811,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="embed: the .npy file of features (default: features.npy)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     hints = typing.get_type_hints(Config)
-    choices = {"model": tuple(MODELS), "loss": LOSSES, "sampling": SAMPLING, "preset": tuple(PRESETS)}
+    choices = {"model": tuple(MODELS), "loss": LOSSES, "sampling": SAMPLING, "preset": tuple(PRESETS), "split": SPLITS,
+               "lr_schedule": LR_SCHEDULES}
     for f in dataclasses.fields(Config):
         # The value type from the annotation: int for `int | None`, str for `tuple[str, ...]`, int for
         # `tuple[int, ...] | None`.
@@ -768,7 +860,8 @@ def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str])
     pretrained = checkpoint = None
     if command in ("evaluate", "embed"):
         checkpoint = checkpoint_file(cfg, run_dir(cfg))
-        cfg, pretrained = checkpoint_settings(cfg, explicit, checkpoint, given=cfg.checkpoint is not None)
+        cfg, ckpt = checkpoint_settings(cfg, explicit, checkpoint, given=cfg.checkpoint is not None)
+        pretrained = ckpt.state_dict
     path = run_dir(cfg)  # after the checkpoint's settings: the synthetic cohort's name holds its rate
     data_id = data_identity(cfg)[1]
     if command != "embed":
@@ -790,6 +883,8 @@ def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str])
         holder = [split]
         torch.distributed.broadcast_object_list(holder, src=0)
         split = holder[0]
+    if command == "evaluate":
+        check_held_out(cfg, checkpoint, ckpt.source, split)
     sampler = make_sampler(cfg, store, split) if command in ("demo", "pretrain") else None
     own_checkpoint = command == "evaluate" and checkpoint_file(cfg, path).resolve() == (path / "pretrain.pt").resolve()
     if torch.distributed.is_initialized():
@@ -805,7 +900,7 @@ def run(command: str, cfg: Config, args: argparse.Namespace, explicit: set[str])
                   f"patients are held out)")
         if rank0:
             augmentation_gallery(cfg, store, path / "augmentations.png")
-        checkpoint = pretrain(cfg, store, sampler, path, resume)
+        checkpoint = pretrain(cfg, store, sampler, path, resume, split)
         pretrained = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"] if rank0 else None
     if rank0 and command in ("demo", "evaluate"):
         evaluate(cfg, store, split, path, pretrained, checkpoint)

@@ -75,7 +75,7 @@ def main() -> None:
     def step() -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             z = embed(x)
-        loss = contrastive_loss(z.float(), patient_id)
+        loss = contrastive_loss(z, patient_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -55,6 +55,17 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+def _codec_args(p: argparse.ArgumentParser) -> None:
+    from ecgfast.store import CODECS, DEFAULT_CODEC
+
+    levels = "; ".join(f"{name}: 0-{top}, default {default}" for name, (default, top, _) in CODECS.items())
+    p.add_argument("--codec", choices=list(CODECS), default=None,
+                   help=f"how a new store compresses each record (default {DEFAULT_CODEC}; the README's codec table "
+                        f"compares them); every record also carries a CRC-32C")
+    p.add_argument("--compression-level", type=_number(int, low=0), default=None,
+                   help=f"the codec's level ({levels})")
+
+
 def _store_shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fs", type=_number(float, positive=True), default=500.0,
                    help="sampling rate of the store in Hz (default 500)")
@@ -78,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="mean ECGs per patient, 1 to 5 (default 3)")
     p.add_argument("--seed", type=_number(int, low=0), default=0, help="the cohort's seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a store at DEST")
+    _codec_args(p)
     _store_shape_args(p)
 
     p = sub.add_parser("ingest", parents=[common],
@@ -106,8 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes that read, convert and compress (default: the CPU count); one process writes")
     p.add_argument("--chunk-records", type=_number(int, low=1), default=256,
                    help="records per shard of a new store (default 256)")
-    p.add_argument("--compression-level", type=_number(int, low=0, high=9), default=3,
-                   help="Blosc zstd level of a new store, 0-9 (default 3; 1 encodes ~3x faster, compresses ~10%% less)")
+    _codec_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _store_shape_args(p)
 
@@ -135,7 +146,7 @@ def _synth(args, storage_options) -> int:
             raise ValueError(f"{args.dest} already holds a store; pass --overwrite to replace it")
     store = write_cohort(args.dest, args.patients, ecgs_per_patient=args.ecgs_per_patient, fs=args.fs,
                          seconds=args.seconds, leads=args.leads, seed=args.seed, overwrite=args.overwrite,
-                         storage_options=storage_options)
+                         codec=args.codec, compression_level=args.compression_level, storage_options=storage_options)
     print(store.summary())
     return 0
 
@@ -148,7 +159,7 @@ def _ingest(args, storage_options) -> int:
     report = ingest(args.src, args.dest, format=args.format, fs=args.fs, seconds=args.seconds, leads=args.leads,
                     gain_uv=args.gain_uv, source_name=args.source_name, labels=args.labels, patients=args.patients,
                     split=args.split, strict=args.strict, workers=args.workers, chunk_records=args.chunk_records,
-                    compression_level=args.compression_level, storage_options=storage_options,
+                    codec=args.codec, compression_level=args.compression_level, storage_options=storage_options,
                     progress=not args.no_progress, **reader_options)
     print(report)
     return 0
@@ -170,7 +181,15 @@ def _verify(args, storage_options) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "compression_level", None) is not None:  # its range depends on --codec
+        from ecgfast.store import CODECS, DEFAULT_CODEC
+
+        codec = args.codec or DEFAULT_CODEC
+        if args.compression_level > CODECS[codec][1]:
+            parser.error(f"argument --compression-level: {args.compression_level} is not from 0 to "
+                         f"{CODECS[codec][1]} ({codec})")
     storage_options = dict(args.storage_option) or None
     try:
         if args.command == "synth":

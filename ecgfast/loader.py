@@ -49,8 +49,8 @@ class ECGLoader(torch.utils.data.IterableDataset):
 
     Args:
         store: an ``ECGStore`` (or any object with its ``lead_names``, ``fs``, ``gain_uv``, ``patient_ids``,
-            ``lengths``, ``lead_valid``, ``chunk_records`` and ``read_block(start, stop, raw=True)`` for mode
-            "patient" or ``read(indices, raw=True)`` for mode "uniform").
+            ``lengths``, ``lead_valid``, ``chunk_records``, ``n_samples`` and ``read_block(start, stop, raw=True,
+            out=buffer)`` for mode "patient" or ``read(indices, raw=True)`` for mode "uniform").
         spec: the ``ecgfast.views.ViewSpec`` of the views.
         augment: the ``ecgfast.augment.Augment`` applied to each view.
         batch_size: records per batch (on this rank).
@@ -239,17 +239,23 @@ def _resolve_device(device) -> torch.device:
 
 class _BlockReads:
     """Mode "patient": the batches' blocks read whole a few batches ahead, each kept until its last batch is done
-    (about one shuffle buffer of records), the batch's rows copied out of them."""
+    (about one shuffle buffer of records), the batch's rows copied out of them. A dropped block's buffer takes the
+    next block read (``read_block(..., out=)``): a fresh one would pay its page faults again."""
 
     def __init__(self, store, sampler, todo, io: ThreadPoolExecutor):
         self.store, self.sampler, self.todo, self.io = store, sampler, todo, io
         self.last_use = {int(blk): i for i, b in enumerate(todo) for blk in b.blocks}
-        self.cache: dict = {}
+        self.cache: dict = {}  # block -> (future of its int16 records, the buffer they are read into)
+        self.free: list[np.ndarray] = []  # buffers of dropped blocks
+        self.shape = (sampler.block_size, len(store.lead_names), store.n_samples)
 
     def schedule(self, i: int) -> None:
         for blk in self.todo[i].blocks.tolist():
             if blk not in self.cache:
-                self.cache[blk] = self.io.submit(self.store.read_block, *self.sampler.block_range(blk), raw=True)
+                start, stop = self.sampler.block_range(blk)
+                buffer = self.free.pop() if self.free else np.empty(self.shape, np.int16)
+                future = self.io.submit(self.store.read_block, start, stop, raw=True, out=buffer[: stop - start])
+                self.cache[blk] = (future, buffer)
 
     def rows(self, i: int, raw: np.ndarray | None) -> np.ndarray:
         """Batch ``i``'s int16 rows (B, L, T) in ``raw`` (allocated if None).
@@ -257,7 +263,7 @@ class _BlockReads:
         Row by row: fancy indexing would copy each block's rows twice, through a fresh temporary.
         """
         batch = self.todo[i]
-        blocks = {blk: self.cache[blk].result() for blk in batch.blocks.tolist()}
+        blocks = {blk: self.cache[blk][0].result() for blk in batch.blocks.tolist()}
         for row, index in enumerate(batch.indices.tolist()):
             block, local = divmod(index, self.sampler.block_size)
             if raw is None:
@@ -265,7 +271,7 @@ class _BlockReads:
             raw[row] = blocks[block][local]
         for blk in blocks:
             if self.last_use[blk] == i:
-                del self.cache[blk]
+                self.free.append(self.cache.pop(blk)[1])
         return raw
 
 

@@ -3,12 +3,13 @@
 A shard object holds ``records_per_shard`` consecutive records, each one inner chunk encoded by the array's Zarr v3
 codecs, then the shard index: (offset, nbytes) uint64 pairs, one per record, and its CRC-32C. This module reads
 and writes those objects itself, because zarr-python's per-chunk machinery costs milliseconds per record
-(zarr-python #3829): reads fetch the byte ranges of the needed inner chunks through the Zarr store (one span per
-shard for a block) and decode them in a thread pool; writes put a whole shard in one object write.
+(zarr-python #3829): a read is split over the decoding threads, each fetching its records' bytes and decoding them
+into the caller's buffer (on an object store, every request of a read goes out at once first); writes put a whole
+shard in one object write.
 
-Any Zarr v3 codec chain serves (:class:`ChunkCodec`): the usual ones (``bytes``, ``blosc``, ``zstd``, ``gzip``,
-``crc32c``) are decoded with numcodecs straight into the caller's buffer, any other registered codec through
-zarr's own codec pipeline. A ``crc32c`` codec is verified on every read.
+Any Zarr v3 codec chain serves (:class:`ChunkCodec`): the store's own (``numcodecs.pcodec`` or ``bytes``, then
+``blosc``, ``zstd``, ``gzip``, ``crc32c``) are decoded by pcodec and numcodecs straight into the caller's buffer,
+any other registered codec through zarr's own codec pipeline. A ``crc32c`` codec is verified on every read.
 
 Reads never invent data: a shard missing within the records asked for, a truncated one, an index that fails its
 checksum, or an inner chunk that fails its CRC-32C or its decoder is a :class:`ShardError` naming the shard's
@@ -26,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 MISSING = 2**64 - 1  # offset and size of an absent inner chunk in a shard index
-_FAST_BYTES_CODECS = {"blosc", "zstd", "gzip", "crc32c"}
+_MAX_GAP = 256 * 1024  # bytes between two chunks of a shard that an object store's read fetches in one request
+_SERIALIZERS = {"bytes", "numcodecs.pcodec"}  # array -> bytes codecs decoded here without zarr's pipeline
+_BYTES_CODECS = {"blosc", "zstd", "gzip", "crc32c"}  # bytes -> bytes codecs decoded here
 
 
 class ShardError(ValueError):
@@ -39,24 +42,37 @@ class ShardError(ValueError):
         self.shard, self.records, self.problem = shard, records, problem
 
 
+try:  # zarr 3.1 depends on google_crc32c, other zarr 3 releases on crc32c
+    from google_crc32c import value as _crc32c_value
+except ImportError:  # pragma: no cover - the other zarr releases
+    from crc32c import crc32c as _crc32c_value
+
+
 def crc32c(data) -> int:
-    """CRC-32C of ``data`` as the Zarr v3 ``crc32c`` codec computes it (hardware-accelerated where the CPU has it),
-    with whichever package this zarr release depends on."""
-    if isinstance(data, memoryview):  # google_crc32c takes bytes and arrays, not memoryviews (no copy either way)
+    """CRC-32C of ``data`` (bytes, or any buffer) as the Zarr v3 ``crc32c`` codec computes it, hardware-accelerated
+    where the CPU has it."""
+    if not isinstance(data, bytes):  # google_crc32c takes bytes and arrays, not memoryviews (no copy either way)
         data = np.frombuffer(data, np.uint8)
-    try:
-        import google_crc32c  # zarr 3.1
+    return _crc32c_value(data)
 
-        return google_crc32c.value(data)
-    except ImportError:
-        import crc32c as _crc32c  # other zarr 3 releases
 
-        return _crc32c.crc32c(data)
+def _strip_crc32c(data):
+    """The bytes before a trailing CRC-32C, checked (a memoryview, no copy)."""
+    view = memoryview(data)
+    if len(view) < 4:
+        raise ValueError(f"the inner chunk has {len(view)} bytes, too few for its CRC-32C")
+    body = view[:-4]
+    if crc32c(body) != int.from_bytes(view[-4:], "little"):
+        raise ValueError("the inner chunk fails its CRC-32C check (its bytes are damaged)")
+    return body
 
 
 class ChunkCodec:
     """One record (L, T) <-> one encoded inner chunk, by the array's Zarr v3 inner codecs (their JSON form).
 
+    The store's codecs (``bytes`` or ``numcodecs.pcodec``, then any of ``blosc``, ``zstd``, ``gzip``, ``crc32c``)
+    are run here straight into the caller's buffer, with as little per-record work as the codec allows: a block
+    read costs the codec's own decoding and a CRC-32C. Any other chain goes through zarr's codec pipeline.
     Picklable: ingest's worker processes encode with it.
     """
 
@@ -65,10 +81,7 @@ class ChunkCodec:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         names = [c["name"] for c in self.codecs]
         self.checksum = "crc32c" in names
-        first = self.codecs[0] if self.codecs else {}
-        self._fast = (first.get("name") == "bytes" and all(n in _FAST_BYTES_CODECS for n in names[1:]))
-        if self._fast:
-            self._endian = (first.get("configuration") or {}).get("endian", sys.byteorder)
+        self._fast = bool(names) and names[0] in _SERIALIZERS and all(n in _BYTES_CODECS for n in names[1:])
         self._steps = None  # built on first use: numcodecs objects, or zarr's pipeline for other codecs
 
     def __getstate__(self):
@@ -76,24 +89,7 @@ class ChunkCodec:
 
     def _build(self):
         if self._fast:
-            import numcodecs
-
-            steps = []
-            for c in self.codecs[1:]:
-                cfg = dict(c.get("configuration") or {})
-                if c["name"] == "blosc":
-                    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg.get("shuffle", "noshuffle")]
-                    # The item size for shuffling comes from the array it is given (a Blosc frame says how it was
-                    # made, so decoding needs no more).
-                    steps.append(numcodecs.Blosc(cname=cfg.get("cname", "zstd"), clevel=cfg.get("clevel", 5),
-                                                 shuffle=shuffle, blocksize=cfg.get("blocksize", 0)))
-                elif c["name"] == "zstd":
-                    steps.append(numcodecs.Zstd(level=cfg.get("level", 0), checksum=cfg.get("checksum", False)))
-                elif c["name"] == "gzip":
-                    steps.append(numcodecs.GZip(level=cfg.get("level", 5)))
-                else:
-                    steps.append("crc32c")
-            self._steps = steps
+            self._steps = _FastSteps(self.codecs, self.dtype)
         else:
             from zarr.core.array_spec import ArrayConfig, ArraySpec
             from zarr.core.buffer import default_buffer_prototype
@@ -112,65 +108,131 @@ class ChunkCodec:
         """The inner chunk of ``record`` (shape ``self.shape``, cast to the array's dtype)."""
         steps = self._steps or self._build()
         record = np.asarray(record, self.dtype).reshape(self.shape)
-        if not self._fast:
-            from zarr.core.buffer import default_buffer_prototype
-            from zarr.core.sync import sync
+        if self._fast:
+            return steps.encode(record)
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
 
-            pipeline, spec = steps
-            nd = default_buffer_prototype().nd_buffer.from_numpy_array(record)
-            (buf,) = sync(pipeline.encode([(nd, spec)]))
-            return buf.to_bytes()
-        data = np.ascontiguousarray(record, self.dtype.newbyteorder("<" if self._endian == "little" else ">"))
-        for step in steps:
-            if step == "crc32c":
-                raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-                data = raw + np.uint32(crc32c(raw)).astype("<u4").tobytes()
+        pipeline, spec = steps
+        nd = default_buffer_prototype().nd_buffer.from_numpy_array(record)
+        (buf,) = sync(pipeline.encode([(nd, spec)]))
+        return buf.to_bytes()
+
+    def decode(self, buf, out: np.ndarray) -> None:
+        """Decode an inner chunk into ``out`` (C-contiguous, ``prod(self.shape)`` items of the array's dtype, any
+        shape); a ValueError saying what failed."""
+        steps = self._steps or self._build()
+        if self._fast:
+            steps.decode(buf, out)
+            return
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        pipeline, spec = steps
+        try:
+            (nd,) = sync(pipeline.decode([(default_buffer_prototype().buffer.from_bytes(bytes(buf)), spec)]))
+        except Exception as err:  # noqa: BLE001 - any codec's complaint means the chunk is damaged
+            raise ValueError(f"the inner chunk does not decode ({type(err).__name__}: {err})") from err
+        out[...] = nd.as_numpy_array().reshape(out.shape)
+
+
+class _FastSteps:
+    """The codecs of a :class:`ChunkCodec` run by numcodecs and pcodec directly (no zarr objects per record)."""
+
+    def __init__(self, codecs: list[dict], dtype: np.dtype):
+        import numcodecs
+
+        first, cfg = codecs[0]["name"], dict(codecs[0].get("configuration") or {})
+        self.dtype = dtype
+        self.pcodec = None
+        if first == "numcodecs.pcodec":
+            from numcodecs.pcodec import PCodec
+            from pcodec import standalone
+
+            self.pcodec, self._pcodec_into = PCodec(**cfg), standalone.simple_decompress_into
+        else:
+            endian = cfg.get("endian", sys.byteorder)
+            self.stored = dtype.newbyteorder("<" if endian == "little" else ">")
+            self.native = self.stored == dtype.newbyteorder("=") or dtype.itemsize == 1
+        self.chain = []  # (name, numcodecs object or None) in encoding order
+        for c in codecs[1:]:
+            cfg = dict(c.get("configuration") or {})
+            if c["name"] == "blosc":
+                shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg.get("shuffle", "noshuffle")]
+                # The item size for shuffling comes from the array it is given (a Blosc frame says how it was made,
+                # so decoding needs no more).
+                codec = numcodecs.Blosc(cname=cfg.get("cname", "zstd"), clevel=cfg.get("clevel", 5), shuffle=shuffle,
+                                        blocksize=cfg.get("blocksize", 0))
+            elif c["name"] == "zstd":
+                codec = numcodecs.Zstd(level=cfg.get("level", 0), checksum=cfg.get("checksum", False))
+            elif c["name"] == "gzip":
+                codec = numcodecs.GZip(level=cfg.get("level", 5))
             else:
-                data = step.encode(data)  # blosc takes the array itself, so that it shuffles by the item size
+                codec = None  # crc32c
+            self.chain.append((c["name"], codec))
+        # pcodec reads bytes objects only, and stops at its own end: when a CRC-32C is all that follows it, the
+        # chunk itself goes to pcodec (the CRC-32C left on), which spares a copy of every record.
+        self.crc_only = [name for name, _ in self.chain] == ["crc32c"]
+
+    def encode(self, record: np.ndarray) -> bytes:
+        if self.pcodec is not None:
+            data = self.pcodec.encode(np.ascontiguousarray(record))
+        else:
+            data = np.ascontiguousarray(record, self.stored)
+        for name, codec in self.chain:
+            if codec is None:
+                raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+                data = raw + crc32c(raw).to_bytes(4, "little")
+            else:
+                data = codec.encode(data)  # blosc takes the array itself, so that it shuffles by the item size
         return data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
 
     def decode(self, buf, out: np.ndarray) -> None:
-        """Decode an inner chunk into ``out`` (shape ``self.shape``); a ValueError saying what failed."""
-        steps = self._steps or self._build()
-        if not self._fast:
-            from zarr.core.buffer import default_buffer_prototype
-            from zarr.core.sync import sync
-
-            pipeline, spec = steps
-            try:
-                (nd,) = sync(pipeline.decode([(default_buffer_prototype().buffer.from_bytes(bytes(buf)), spec)]))
-            except Exception as err:  # noqa: BLE001 - any codec's complaint means the chunk is damaged
-                raise ValueError(f"the inner chunk does not decode ({type(err).__name__}: {err})") from err
-            out[...] = nd.as_numpy_array()
-            return
-        native = self._endian == sys.byteorder or self.dtype.itemsize == 1
-        target = out.reshape(-1).view(np.uint8) if native and out.flags.c_contiguous else None
-        data = memoryview(buf)
-        for k in range(len(steps) - 1, -1, -1):
-            step = steps[k]
-            if step == "crc32c":
-                if len(data) < 4:
-                    raise ValueError(f"the inner chunk has {len(data)} bytes, too few for its CRC-32C")
-                stored = int(np.frombuffer(data[-4:], "<u4")[0])
-                data = data[:-4]
-                if crc32c(data) != stored:
-                    raise ValueError("the inner chunk fails its CRC-32C check (its bytes are damaged)")
+        flat = out.reshape(-1)
+        data = buf
+        for k in range(len(self.chain) - 1, -1, -1):
+            name, codec = self.chain[k]
+            if codec is None:
+                data = _strip_crc32c(data)
                 continue
+            direct = k == 0 and self.pcodec is None and self.native  # the last step writes into out itself
+            if direct and name == "blosc":  # the size first: a frame of another size must not fill part of out
+                nbytes = int.from_bytes(data[4:8], "little")  # a Blosc frame's header: uncompressed size at 4-8
+                if nbytes != out.nbytes:
+                    raise ValueError(f"the inner chunk decodes to {nbytes} bytes, not {out.nbytes}")
             try:
-                data = step.decode(data, out=target if k == 0 else None)
+                data = codec.decode(data, out=flat.view(np.uint8) if direct else None)
             except Exception as err:  # noqa: BLE001 - a codec rejects damaged bytes in its own way
                 raise ValueError(f"the inner chunk does not decode ({type(err).__name__}: {err})") from err
-        if target is not None and isinstance(data, np.ndarray) and np.shares_memory(data, out):
+        if self.pcodec is not None:
+            self._pcodec_decode(buf if self.crc_only else data, flat)
             return
-        flat = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        if flat.nbytes != out.nbytes:
-            raise ValueError(f"the inner chunk decodes to {flat.nbytes} bytes, not {out.nbytes}")
-        order = "<" if self._endian == "little" else ">"
-        out[...] = flat.view(self.dtype.newbyteorder(order)).reshape(self.shape)
+        if isinstance(data, np.ndarray) and np.shares_memory(data, out):
+            return
+        values = np.frombuffer(memoryview(data).cast("B"), np.uint8)
+        if values.nbytes != out.nbytes:
+            raise ValueError(f"the inner chunk decodes to {values.nbytes} bytes, not {out.nbytes}")
+        flat[...] = values.view(self.stored)
+
+    def _pcodec_decode(self, data, flat: np.ndarray) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        try:
+            progress = self._pcodec_into(data, flat)
+        except Exception as err:  # noqa: BLE001 - pcodec raises RuntimeError for damaged bytes
+            raise ValueError(f"the inner chunk does not decode ({type(err).__name__}: {err})") from err
+        if progress.n_processed != flat.size or not progress.finished:
+            raise ValueError(f"the inner chunk decodes to {progress.n_processed} values, not {flat.size}")
 
 
 class ShardIO:
     """Reads and writes the shard objects of a sharded Zarr v3 array of records (one inner chunk per record).
+
+    Reads go as fast as the codec decodes: the records are split into ``threads`` contiguous parts, each fetched
+    and decoded by one thread straight into the caller's array. On a local store each thread reads its records'
+    bytes itself (``pread``); on any other store (fsspec: ``s3://``, ``memory://``...) every request of a read goes
+    out at once, across all its shards (the index of a shard not read before, one suffix request; then one request
+    per run of chunks less than 256 KiB apart: one per shard for a block), and the threads then decode.
 
     Args:
         array: the zarr array (``signals``).
@@ -194,10 +256,13 @@ class ShardIO:
         self._encode_key = array.metadata.encode_chunk_key
         self._proto, self._sync = default_buffer_prototype(), sync
         self._range, self._suffix = RangeByteRequest, SuffixByteRequest
-        self._indexes: dict[int, tuple[np.ndarray, int]] = {}  # shard -> (index, end of its data region)
+        # shard -> (index, end of its data region: None where the store does not say an object's size cheaply)
+        self._indexes: dict[int, tuple[np.ndarray, int | None]] = {}
         self._root = getattr(self._store, "root", None)  # LocalStore: read files directly with pread
         self._threads = max(1, int(threads))
-        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+        # Always a pool, even of one: every decode then runs off the caller's thread, so that numcodecs' Blosc
+        # never switches to its global, internally threaded context (it does on the main thread).
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="ecgfast-decode")
 
     @classmethod
     def for_array(cls, array, location: str, threads: int) -> ShardIO | None:
@@ -233,63 +298,115 @@ class ShardIO:
         return ShardError(self.name(shard), range(start, start + self.records_per_shard), problem)
 
     # ---- bytes -----------------------------------------------------------------------------------------------
-    def _fetch(self, shard: int, ranges: list[tuple[int, int]] | None):
-        """Bytes of ``ranges`` of a shard's object, or with ``ranges=None`` (its index bytes, its size); None when
-        the object does not exist."""
-        key = self.key(shard)
+    def _tails(self, shards: list[int]) -> list[tuple[bytes, int | None] | None]:
+        """Each shard's last index bytes and its object's size (None where only a local file says it without a
+        request of its own); None for a shard whose object does not exist. Remote shards are asked at once."""
         if self._root is not None:
-            try:
-                fd = os.open(Path(self._root) / key, os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            try:
-                if ranges is None:
+            got = []
+            for shard in shards:
+                try:
+                    fd = os.open(Path(self._root) / self.key(shard), os.O_RDONLY)
+                except FileNotFoundError:
+                    got.append(None)
+                    continue
+                try:
                     size = os.fstat(fd).st_size
                     n = min(size, self._index_bytes)
-                    return os.pread(fd, n, size - n), size
-                return [os.pread(fd, b - a, a) for a, b in ranges]
-            finally:
-                os.close(fd)
+                    got.append((os.pread(fd, n, size - n), size))
+                finally:
+                    os.close(fd)
+            return got
+        # One suffix request per shard: its size would cost a request more (a HEAD on S3).
+        bufs = self._gather([(self.key(k), self._suffix(self._index_bytes)) for k in shards])
+        return [None if b is None else (b, None) for b in bufs]
 
-        async def get_all(requests):
-            return await asyncio.gather(*(self._store.get(key, self._proto, r) for r in requests))
+    def _gather(self, requests: list[tuple[str, object]]) -> list[bytes | None]:
+        """The bytes of every (key, byte request) of a non-local store, all asked at once (None: no object)."""
 
-        if ranges is None:
-            (buf,) = self._sync(get_all([self._suffix(self._index_bytes)]))
-            if buf is None:
-                return None
-            return buf.to_bytes(), self._sync(self._store.getsize(key))
-        bufs = self._sync(get_all([self._range(a, b) for a, b in ranges]))
-        return None if any(b is None for b in bufs) else [b.to_bytes() for b in bufs]
+        async def get_all():
+            return await asyncio.gather(*(self._store.get(key, self._proto, r) for key, r in requests))
+
+        return [None if b is None else b.to_bytes() for b in self._sync(get_all())] if requests else []
+
+    def _load_indexes(self, shards: list[int]) -> None:
+        """Read and check the indexes of ``shards`` not read before: its CRC-32C, and every chunk it lists inside
+        the object. A ShardError when a shard is missing, truncated or damaged."""
+        todo = [k for k in shards if k not in self._indexes]
+        pairs = 16 * self.records_per_shard
+        for shard, got in zip(todo, self._tails(todo)):
+            if got is None:
+                raise self._error(shard, "the shard is missing (its object does not exist)")
+            raw, size = got
+            if len(raw) < self._index_bytes:
+                raise self._error(shard, f"truncated: {len(raw)} bytes, fewer than its index ({self._index_bytes})")
+            if self._index_crc and crc32c(raw[:pairs]) != int.from_bytes(raw[pairs:], "little"):
+                raise self._error(shard, "its index fails its CRC-32C check (the shard is truncated or damaged)")
+            index = np.frombuffer(raw[:pairs], "<u8").reshape(self.records_per_shard, 2)
+            end = None if size is None else size - self._index_bytes
+            present = index[:, 0] != MISSING
+            stops = index[present, 0] + index[present, 1]
+            if end is not None and len(stops) and (stops.max() > end or (index[present, 0] > end).any()):
+                bad = int(np.flatnonzero(present)[np.argmax(stops)])
+                raise self._error(shard, f"truncated: the chunk of its record {bad} ends at byte {int(stops.max())}, "
+                                         f"past the end of its data ({end} bytes)")
+            self._indexes[shard] = (index, end)
 
     def index(self, shard: int) -> np.ndarray:
-        """The (offset, nbytes) pairs of a shard's records, checked: its CRC-32C, and every chunk it lists inside
-        the object. A ShardError when the shard is missing, truncated or damaged."""
-        if shard in self._indexes:
-            return self._indexes[shard][0]
-        got = self._fetch(shard, None)
-        if got is None:
-            raise self._error(shard, "the shard is missing (its object does not exist)")
-        raw, size = got
-        if size < self._index_bytes:
-            raise self._error(shard, f"truncated: {size} bytes, fewer than its index ({self._index_bytes})")
-        pairs = 16 * self.records_per_shard
-        if self._index_crc and crc32c(raw[:pairs]) != int(np.frombuffer(raw[pairs:], "<u4")[0]):
-            raise self._error(shard, "its index fails its CRC-32C check (the shard is truncated or damaged)")
-        index = np.frombuffer(raw[:pairs], "<u8").reshape(self.records_per_shard, 2)
-        end = size - self._index_bytes
-        present = index[:, 0] != MISSING
-        stops = index[present, 0] + index[present, 1]
-        if len(stops) and (stops.max() > end or (index[present, 0] > end).any()):
-            bad = int(np.flatnonzero(present)[np.argmax(stops)])
-            raise self._error(shard, f"truncated: the chunk of its record {bad} ends at byte {int(stops.max())}, "
-                                            f"past the end of its data ({end} bytes)")
-        self._indexes[shard] = (index, end)
-        return index
+        """The (offset, nbytes) pairs of a shard's records, checked (see :meth:`_load_indexes`)."""
+        self._load_indexes([shard])
+        return self._indexes[shard][0]
 
     def forget(self, shard: int) -> None:
         """Drop the cached index of a shard that was just rewritten."""
         self._indexes.pop(shard, None)
+
+    def _fetch_remote(self, runs: list[tuple[int, np.ndarray, np.ndarray]]) -> list[list]:
+        """The chunks of each run (shard, starts, sizes) of a non-local store, every request of every shard at
+        once. Chunks less than ``_MAX_GAP`` bytes apart share one request (a block: one per shard): a request
+        costs an object store far more than that many bytes more."""
+        requests, plan = [], []
+        for shard, starts, sizes in runs:
+            order = np.argsort(starts, kind="stable")
+            stops = starts + sizes
+            spans = []  # (start, stop) of each request, over the chunks in offset order
+            for j in order.tolist():
+                if spans and starts[j] - spans[-1][1] <= _MAX_GAP:
+                    spans[-1][1] = max(spans[-1][1], int(stops[j]))
+                else:
+                    spans.append([int(starts[j]), int(stops[j])])
+            plan.append((len(requests), spans))
+            requests += [(self.key(shard), self._range(a, b)) for a, b in spans]
+        got = self._gather(requests)
+        out = []
+        for (shard, starts, sizes), (first, spans) in zip(runs, plan):
+            bufs = got[first : first + len(spans)]
+            if any(b is None or len(b) != stop - start for b, (start, stop) in zip(bufs, spans)):
+                self.forget(shard)
+                raise self._error(shard, "truncated or removed while being read")
+            span_starts = np.array([a for a, _ in spans], np.int64)
+            which = np.searchsorted(span_starts, starts, side="right") - 1  # the request that holds each chunk
+            chunks = []
+            for w, start, n in zip(which.tolist(), starts.tolist(), sizes.tolist()):
+                a, b = spans[w]  # a request of this chunk alone gives its bytes object itself (pcodec wants one)
+                chunks.append(bufs[w] if (a, b) == (start, start + n) else memoryview(bufs[w])[start - a : start - a + n])
+            out.append(chunks)
+        return out
+
+    def _read_local(self, shard: int, starts: np.ndarray, sizes: np.ndarray) -> list[bytes]:
+        """The chunks (starts, sizes) of a local shard, one ``pread`` each: no copy beyond the kernel's."""
+        try:
+            fd = os.open(Path(self._root) / self.key(shard), os.O_RDONLY)
+        except FileNotFoundError:
+            self.forget(shard)
+            raise self._error(shard, "truncated or removed while being read") from None
+        try:
+            bufs = [os.pread(fd, n, s) for s, n in zip(starts.tolist(), sizes.tolist())]
+        finally:
+            os.close(fd)
+        if any(len(b) != n for b, n in zip(bufs, sizes.tolist())):
+            self.forget(shard)
+            raise self._error(shard, "truncated or removed while being read")
+        return bufs
 
     def chunks(self, shard: int, count: int) -> list[bytes | None]:
         """The encoded inner chunks of the first ``count`` records of a shard (None: absent, the fill value)."""
@@ -298,12 +415,11 @@ class ShardIO:
         out: list[bytes | None] = [None] * count
         if len(present):
             starts, sizes = index[present, 0].astype(np.int64), index[present, 1].astype(np.int64)
-            bufs = self._fetch(shard, list(zip(starts.tolist(), (starts + sizes).tolist())))
-            if bufs is None:
-                raise self._error(shard, "the shard is missing (its object does not exist)")
-            for i, n, b in zip(present, sizes, bufs):
-                if len(b) != n:
-                    raise self._error(shard, f"truncated: the chunk of its record {i} is cut short")
+            if self._root is not None:
+                bufs = self._read_local(shard, starts, sizes)
+            else:
+                bufs = self._fetch_remote([(shard, starts, sizes)])[0]
+            for i, b in zip(present.tolist(), bufs):
                 out[i] = bytes(b)
         return out
 
@@ -320,7 +436,7 @@ class ShardIO:
         index[: len(chunks), 1] = sizes
         index[: len(chunks), 0] = np.cumsum(sizes) - sizes
         raw = index.tobytes()
-        tail = [np.uint32(crc32c(raw)).astype("<u4").tobytes()] if self._index_crc else []
+        tail = [crc32c(raw).to_bytes(4, "little")] if self._index_crc else []
         data = b"".join([*chunks, raw, *tail])
         self._sync(self._store.set(self.key(shard), self._proto.buffer.from_bytes(data)))
         self.forget(shard)
@@ -338,44 +454,44 @@ class ShardIO:
 
     # ---- reading records -------------------------------------------------------------------------------------
     def read_into(self, records: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
-        """Decode ``records`` (sorted, unique) into ``out[rows]`` (zeros where the index marks a chunk absent)."""
+        """Decode ``records`` (sorted, unique) into ``out[rows]`` (zeros where the index marks a chunk absent).
+
+        ``out`` is C-contiguous (B, L, T) of the array's dtype.
+        """
+        if not len(records):
+            return
         records_per_shard = self.records_per_shard
-        jobs = []  # (shard, buffer, row)
         shards = records // records_per_shard
-        for shard in np.unique(shards).tolist():
-            sel = np.flatnonzero(shards == shard)
-            local = records[sel] - shard * records_per_shard
-            index = self.index(shard)
+        bounds = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
+        self._load_indexes(shards[bounds[:-1]].tolist())
+        flat = out.reshape(len(out), -1)
+        runs = []  # (shard, its records in the shard, their rows in out, starts, sizes): present chunks only
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            shard = int(shards[a])
+            local = records[a:b] - shard * records_per_shard
+            index = self._indexes[shard][0]
             present = index[local, 0] != MISSING
-            out[rows[sel[~present]]] = 0
-            if not present.any():
-                continue
-            sel, local = sel[present], local[present]
-            starts, sizes = index[local, 0].astype(np.int64), index[local, 1].astype(np.int64)
-            lo, hi = int(starts.min()), int((starts + sizes).max())
-            if 2 * sizes.sum() >= hi - lo:  # dense (a block): one read of the span
-                got = self._fetch(shard, [(lo, hi)])
-                parts = None
-                if got is not None and len(got[0]) == hi - lo:
-                    view = memoryview(got[0])
-                    parts = [view[s - lo : s - lo + n] for s, n in zip(starts, sizes)]
-            else:
-                parts = self._fetch(shard, list(zip(starts.tolist(), (starts + sizes).tolist())))
-                if parts is not None and any(len(p) != n for p, n in zip(parts, sizes)):
-                    parts = None
-            if parts is None:
-                self.forget(shard)
-                raise self._error(shard, "truncated or removed while being read")
-            jobs += [(shard, p, rows[i], int(r)) for p, i, r in zip(parts, sel, local)]
+            if not present.all():
+                flat[rows[a:b][~present]] = 0
+            if present.any():
+                runs.append((shard, local[present], rows[a:b][present], index[local[present], 0].astype(np.int64),
+                             index[local[present], 1].astype(np.int64)))
+        fetched = None if self._root is not None else self._fetch_remote([(k, s, n) for k, _, _, s, n in runs])
 
         def decode(part):
-            for shard, buf, row, local in part:
-                try:
-                    self.codec.decode(buf, out[row])
-                except ValueError as err:
-                    raise self._error(shard, f"record {shard * records_per_shard + local}: {err}") from err
+            for j, lo, hi in part:  # records lo:hi of run j
+                shard, local, where, starts, sizes = runs[j]
+                if fetched is None:
+                    bufs = self._read_local(shard, starts[lo:hi], sizes[lo:hi])
+                else:
+                    bufs = fetched[j][lo:hi]
+                for buf, row, r in zip(bufs, where[lo:hi].tolist(), local[lo:hi].tolist()):
+                    try:
+                        self.codec.decode(buf, flat[row])
+                    except ValueError as err:
+                        raise self._error(shard, f"record {shard * records_per_shard + r}: {err}") from err
 
-        self._map(decode, [jobs[k :: self._threads] for k in range(self._threads)])
+        self._map(decode, _split([len(run[1]) for run in runs], self._threads))
 
     def check(self, shard: int, count: int) -> str | None:
         """What is wrong with the first ``count`` records of a shard (index, bounds, every chunk's CRC-32C and
@@ -392,15 +508,35 @@ class ShardIO:
         return None
 
     def _map(self, fn, parts) -> None:
-        if self._pool is None:
-            for p in parts:
-                fn(p)
+        parts = list(parts)
+        if len(parts) == 1:
+            self._pool.submit(fn, parts[0]).result()
         else:
             list(self._pool.map(fn, parts))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._pool.shutdown()
+
+
+def _split(counts: list[int], parts: int) -> list[list[tuple[int, int, int]]]:
+    """``parts`` contiguous slices of equal size (within one record) over runs of ``counts`` records: each a list
+    of (run, start, stop) within the runs."""
+    total = sum(counts)
+    cuts = [total * p // parts for p in range(parts + 1)]
+    out, run, offset = [], 0, 0  # offset: records before run
+    for p in range(parts):
+        lo, hi, part = cuts[p], cuts[p + 1], []
+        while run < len(counts) and lo < hi:
+            a, b = lo - offset, min(hi, offset + counts[run]) - offset
+            if b > a:
+                part.append((run, a, b))
+            lo = offset + b
+            if lo >= offset + counts[run]:
+                offset += counts[run]
+                run += 1
+        if part:
+            out.append(part)
+    return out or [[]]
 
 
 def read_through_zarr(array, location: str, records: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:

@@ -1,8 +1,8 @@
 """ECGStore: a Zarr v3 group of int16 ECGs with their patient ids, labels and ingest report.
 
 The schema (documented in the README) is a plain Zarr v3 group that ``zarr.open_group`` reads without ecgfast:
-``signals`` int16 (N, L, T) sharded along records, one inner chunk per record (Blosc zstd + byte shuffle, then a
-CRC-32C); beside it one 1-D array per record field, ``labels/<name>``, the ``ingest_report`` group, and while a
+``signals`` int16 (N, L, T) sharded along records, one inner chunk per record (by default Blosc lz4hc, then a
+CRC-32C; :data:`CODECS` lists the choices); beside it one 1-D array per record field, ``labels/<name>``, the ``ingest_report`` group, and while a
 writer's run is unfinished, its ``<name>_state`` group.
 
 One job: the schema and its API. The shards' bytes are :mod:`ecgfast.shards`' job (when the layout is one it
@@ -14,6 +14,7 @@ on the generic primitives here (a shard written beyond the visible end, a state 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,6 +46,21 @@ FIELDS: dict[str, tuple[str, object]] = {
 ADDED_FIELDS = ("fold",)
 REPORT_FIELDS = ("record_id", "level", "reason")
 
+# The codecs a new store's records can be compressed with: name -> (default level, highest level, what it is). Each
+# record's compressed bytes then carry a CRC-32C, whatever the codec. The default and the trade-offs: the README's
+# codec table (benchmarks/bench_store.py measures it).
+CODECS: dict[str, tuple[int, int, str]] = {
+    "blosc-lz4hc": (2, 9, "Blosc lz4hc + byte shuffle (Zarr v3 core codecs)"),
+    "blosc-lz4": (5, 9, "Blosc lz4 + byte shuffle (Zarr v3 core codecs)"),
+    "blosc-zstd": (3, 9, "Blosc zstd + byte shuffle (Zarr v3 core codecs)"),
+    "pcodec": (8, 12, "pcodec (numcodecs.pcodec; needs the pcodec package)"),
+}
+DEFAULT_CODEC = "blosc-lz4hc"
+# zarr warns each time it builds a numcodecs codec (pcodec), i.e. whenever it reads a store's metadata: the store
+# chose it knowingly and the README says which readers open it. Only that warning of that zarr module is silenced.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification",
+                        module=r"zarr\.codecs\.numcodecs")
+
 
 def quantize(signals: np.ndarray, gain_uv: float, record_ids) -> np.ndarray:
     """float millivolts (B, L, T) -> int16 units of ``gain_uv`` microvolts, rounded to nearest.
@@ -67,6 +83,50 @@ def quantize(signals: np.ndarray, gain_uv: float, record_ids) -> np.ndarray:
                              f"(or not finite); store it with a larger gain_uv")
         q[a : a + 32] = v
     return q
+
+
+def check_codec(codec: str, level: int | None) -> int:
+    """The compression level of ``codec`` (its default for None); a ValueError naming the bad argument."""
+    if codec not in CODECS:
+        raise ValueError(f"codec (--codec) must be one of {', '.join(CODECS)}, got {codec!r}")
+    default, top, _ = CODECS[codec]
+    if level is None:
+        return default
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level <= top:
+        raise ValueError(f"compression_level (--compression-level) of {codec} must be an integer from 0 to {top}, "
+                         f"got {level!r}")
+    return int(level)
+
+
+def _signal_codecs(codec: str, level: int) -> dict:
+    """The Zarr v3 codecs of one record's inner chunk: the codec, then a CRC-32C (always)."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    if codec == "pcodec":
+        from zarr.codecs.numcodecs import PCodec
+
+        try:
+            import pcodec  # noqa: F401 - numcodecs needs it to encode and decode
+        except ImportError:
+            raise ValueError("codec pcodec needs the pcodec package (pip install pcodec)") from None
+
+        # First-order deltas of the samples in pcodec's classic mode: what its automatic search picks for ECGs
+        # within 1.5% of the size, and 40% faster to encode (bench_store.py's codec table).
+        serializer = PCodec(level=level, mode_spec="classic", delta_spec="try_consecutive", delta_encoding_order=1)
+        return dict(serializer=serializer, compressors=(Crc32cCodec(),))
+    cname = codec.removeprefix("blosc-")
+    return dict(compressors=(BloscCodec(cname=cname, clevel=level, shuffle="shuffle"), Crc32cCodec()))
+
+
+def codec_of(inner_codecs: list[dict]) -> tuple[str, int] | None:
+    """(codec name, level) of a record's inner codecs as :data:`CODECS` names them, None for another chain."""
+    names = [c["name"] for c in inner_codecs if c["name"] != "crc32c"]
+    cfg = [dict(c.get("configuration") or {}) for c in inner_codecs if c["name"] != "crc32c"]
+    if names == ["numcodecs.pcodec"]:
+        return "pcodec", int(cfg[0].get("level", 8))
+    if names == ["bytes", "blosc"] and cfg[1].get("shuffle") == "shuffle" and f"blosc-{cfg[1].get('cname')}" in CODECS:
+        return f"blosc-{cfg[1]['cname']}", int(cfg[1].get("clevel", 5))
+    return None
 
 
 def _as_str(values) -> np.ndarray:
@@ -145,7 +205,8 @@ class ECGStore:
         *,
         gain_uv: float = 1.0,
         chunk_records: int = 256,
-        compression_level: int = 3,
+        codec: str = DEFAULT_CODEC,
+        compression_level: int | None = None,
         provenance: Mapping | None = None,
         overwrite: bool = False,
         threads: int | None = None,
@@ -159,8 +220,14 @@ class ECGStore:
             fs: sampling rate in Hz. n_samples: samples per record (T).
             gain_uv: microvolts per stored integer unit; signals are rounded to the nearest unit.
             chunk_records: records per shard, the block a loader reads at once.
-            compression_level: Blosc zstd level, 0-9 (3: 2.55x on the CinC records at ~80 MB/s per core; 5:
-                2.59x at ~40 MB/s). Each record's compressed bytes carry a CRC-32C that every read verifies.
+            codec: how each record is compressed, a name of :data:`CODECS`: ``"blosc-lz4hc"`` (default, level 2:
+                2.1x on the CinC records, decoding ~2.3x faster than Blosc zstd 3), ``"blosc-lz4"``,
+                ``"blosc-zstd"``, ``"pcodec"`` (3.3x, decoding as fast as Blosc zstd 3; needs the pcodec package);
+                the README's codec table compares them. Recorded in the ``codec`` attribute; every read follows the
+                array's own Zarr metadata. Each record's compressed bytes carry a CRC-32C that every read verifies,
+                whatever the codec.
+            compression_level: the codec's level (Blosc 0-9, default lz4hc 2, lz4 5, zstd 3; pcodec 0-12,
+                default 8).
             provenance: stored in the ``provenance`` attribute (sources, options).
             overwrite: replace whatever is at ``path``; ``"incomplete"``: replace only a store whose creation was
                 interrupted (it lacks the attributes, written last); otherwise an existing store is an error.
@@ -169,7 +236,6 @@ class ECGStore:
                 ``anon``...: see the README's object-store example).
         """
         import zarr
-        from zarr.codecs import BloscCodec, Crc32cCodec
 
         lead_names = tuple(lead_names)
         bad = [n for n in lead_names if canonical_lead(n) != n]
@@ -178,8 +244,7 @@ class ECGStore:
         for name, value in (("fs", fs), ("n_samples", n_samples), ("gain_uv", gain_uv), ("chunk_records", chunk_records)):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        if compression_level not in range(10):
-            raise ValueError(f"compression_level must be an integer from 0 to 9, got {compression_level!r}")
+        level = check_codec(codec, compression_level)
         mode = "w" if overwrite is True else "w-"
         if overwrite == "incomplete":
             try:
@@ -195,11 +260,8 @@ class ECGStore:
         from ecgfast import __version__
 
         L, T = len(lead_names), int(n_samples)
-        group.create_array(
-            "signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
-            compressors=(BloscCodec(cname="zstd", clevel=compression_level, shuffle="shuffle"), Crc32cCodec()),
-            fill_value=0,
-        )
+        group.create_array("signals", shape=(0, L, T), dtype="int16", chunks=(1, L, T), shards=(int(chunk_records), L, T),
+                           fill_value=0, **_signal_codecs(codec, level))
         for name in FIELDS:
             _create_field(group, name, L)
         report = group.create_group("ingest_report")
@@ -212,6 +274,7 @@ class ECGStore:
             lead_names=list(lead_names),
             fs=float(fs),
             gain_uv=float(gain_uv),
+            codec={"name": codec, "level": level},
             provenance={"ecgfast_version": __version__, "sources": [], **dict(provenance or {})},
         )
         return cls(group, writable=True, location=os.fspath(path), threads=threads)
@@ -268,6 +331,14 @@ class ECGStore:
     def chunk_records(self) -> int:
         """Records per shard: the blocks a loader should plan its reads over (the public name of records_per_shard)."""
         return self._records_per_shard
+
+    @property
+    def codec(self) -> tuple[str, int] | None:
+        """(name, level) of the codec of the records as :data:`CODECS` names it, read from the array's Zarr
+        metadata (stores made before the ``codec`` attribute too); None for a chain written by other tools."""
+        meta = self._signals.metadata.to_dict()["codecs"]
+        inner = meta[0]["configuration"]["codecs"] if meta[0]["name"] == "sharding_indexed" else meta
+        return codec_of(list(inner))
 
     @property
     def attrs(self) -> dict:
@@ -360,6 +431,9 @@ class ECGStore:
             f"  leads     {len(self.lead_names)}: {' '.join(self.lead_names)}",
             f"  sampling  {self.fs:g} Hz, {T} samples ({T / self.fs:g} s), {self.gain_uv:g} uV per unit",
         ]
+        codec, checked = self.codec, self.record_codec()
+        crc = ", a CRC-32C per record" if checked is not None and checked.checksum else ""
+        lines.append(f"  codec     {f'{codec[0]} level {codec[1]}' if codec else 'other (written by another tool)'}{crc}")
         if n:
             lines.append(f"  duration  mean valid {self.lengths.mean() / self.fs:.2f} s; "
                          f"{int((~self.lead_valid).sum()):,} missing or flat leads")
@@ -479,7 +553,8 @@ class ECGStore:
         out = np.multiply(raw16, np.float32(self._gain_uv / 1000.0), dtype=np.float32)
         return out if leads is None else select_leads(out, self._lead_names, list(leads))
 
-    def read(self, indices, leads: Iterable[str] | None = None, *, raw: bool = False) -> np.ndarray:
+    def read(self, indices, leads: Iterable[str] | None = None, *, raw: bool = False,
+             out: np.ndarray | None = None) -> np.ndarray:
         """Records ``indices`` (any order, repeats allowed) as float32 millivolts (B, L, T).
 
         Args:
@@ -487,24 +562,42 @@ class ECGStore:
             leads: lead names to return (default the stored leads); III, aVR, aVL and aVF are derived from I and
                 II when the store does not hold them.
             raw: return the stored int16 samples instead, as :meth:`read_block` does (stored leads only).
+            out: with ``raw=True``, a buffer to decode into, as for :meth:`read_block`.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         self._check_range("indices", idx)
         records, first, inverse = np.unique(idx, return_index=True, return_inverse=True)
-        out = np.empty((len(idx), len(self._lead_names), self.n_samples), np.int16)
+        out = self._output(len(idx), raw, leads, out)
         self._decode(records, out, first)
         repeats = np.flatnonzero(first[inverse] != np.arange(len(idx)))
         out[repeats] = out[first[inverse[repeats]]]
         return self._finish(out, raw, leads)
 
-    def read_block(self, start: int, stop: int, raw: bool = False, leads: Iterable[str] | None = None) -> np.ndarray:
+    def read_block(self, start: int, stop: int, raw: bool = False, leads: Iterable[str] | None = None, *,
+                   out: np.ndarray | None = None) -> np.ndarray:
         """Records ``start:stop`` as float32 millivolts (B, L, T), or with ``raw=True`` the stored int16 samples
-        (microvolts = value x ``gain_uv``; stored leads only)."""
+        (microvolts = value x ``gain_uv``; stored leads only).
+
+        ``out``: a C-contiguous int16 array (B, L, T) that ``raw=True`` decodes into and returns, instead of a new
+        array (a reader that reuses its buffers spares their page faults: the loader's block cache does).
+        """
         if not 0 <= start <= stop <= len(self):
             raise ValueError(f"block {start}:{stop} is not within the store's {len(self)} records")
-        out = np.empty((stop - start, len(self._lead_names), self.n_samples), np.int16)
+        out = self._output(stop - start, raw, leads, out)
         self._decode(np.arange(start, stop), out, np.arange(stop - start))
         return self._finish(out, raw, leads)
+
+    def _output(self, n: int, raw: bool, leads, out: np.ndarray | None) -> np.ndarray:
+        """The int16 array (n, L, T) a read decodes into: ``out`` once checked, else a new one."""
+        shape = (n, len(self._lead_names), self.n_samples)
+        if out is None:
+            return np.empty(shape, np.int16)
+        if not raw or leads is not None:
+            raise ValueError("out= takes the stored int16 records: pass raw=True and no leads")
+        if out.shape != shape or out.dtype != np.int16 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous int16 array of shape {shape}, got "
+                             f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
+        return out
 
     # ---- writing -------------------------------------------------------------------------------------------
     def _require_writable(self) -> None:

@@ -89,17 +89,19 @@ def make_cohort(n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 5
 
 def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: float = 500.0, seconds: float = 10.0,
                  leads: int = 12, seed: int = 0, batch_patients: int = 2048, overwrite: bool = False,
-                 progress: bool = True, storage_options: dict | None = None):
+                 progress: bool = True, storage_options: dict | None = None, codec: str | None = None,
+                 compression_level: int | None = None):
     """Generate the cohort in batches of ``batch_patients`` and append it to a new ``ECGStore`` at ``dest``.
 
     The store holds exactly what ``make_cohort`` with the same arguments returns (quantized to 1 µV), with labels
     ``low_lvef`` and ``high_potassium``; ``dest`` is a path or fsspec URL (``storage_options`` configure its
-    filesystem), ``overwrite`` replaces a store there (``--overwrite``), ``progress`` shows a bar. Returns the store,
-    open for reading.
+    filesystem), ``overwrite`` replaces a store there (``--overwrite``), ``progress`` shows a bar, ``codec`` and
+    ``compression_level`` compress it (``ECGStore.create``; ``--codec``, ``--compression-level``). Returns the
+    store, open for reading.
     """
     from tqdm.auto import tqdm
 
-    from ecgfast.store import ECGStore
+    from ecgfast.store import DEFAULT_CODEC, ECGStore
 
     shape = _check(n_patients, ecgs_per_patient, fs, seconds, leads, seed)
     if batch_patients < 1:
@@ -108,6 +110,7 @@ def write_cohort(dest, n_patients: int, *, ecgs_per_patient: float = 3.0, fs: fl
     provenance = {"source": "ecgfast.synth", "n_patients": n_patients, "ecgs_per_patient": ecgs_per_patient,
                   "seconds": seconds, "seed": seed}
     store = ECGStore.create(dest, shape[0], fs, shape[1], provenance=provenance, overwrite=overwrite,
+                            codec=codec or DEFAULT_CODEC, compression_level=compression_level,
                             storage_options=storage_options)
     with store, tqdm(total=n_patients, unit="patient", desc="synth", disable=not progress) as bar:
         for start in range(0, n_patients, batch_patients):

@@ -11,29 +11,32 @@ import torch
 import triton
 import triton.language as tl
 
-from ._lse import autotune, check_inputs, launch_args, load_rows, meta, row_grad, row_lse, scale_grad, store_grad
+from . import _tiles
+from ._lse import (BOUND2_LIMIT, backward_scalars, check_inputs, launch_options, operands, row_grad, row_lse,
+                   row_tiles, scalars, scale_grad, store_grad)
 
 
-@autotune(backward=False)
 @triton.jit
-def _self_lse_fwd(x, lse, n, d, stride_n, scale2, shift2, FIXED_SHIFT: tl.constexpr, BM: tl.constexpr,
-                  BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr):
+def _self_lse_fwd(x, xl, lse, sc, n, d, stride_n, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                  BK: tl.constexpr, SPLIT: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    zr = load_rows(x, rows, n, d, stride_n, BD, CAST_F32)
-    out = row_lse(zr, rows, x, n, d, stride_n, scale2, shift2, True, FIXED_SHIFT, BN, BD, CAST_F32, PRECISION)
+    zr, zr_lo = row_tiles(x, xl, rows, n, d, stride_n, BD, BK, SPLIT)
+    out = row_lse(zr, zr_lo, rows, x, xl, x, xl, n, d, stride_n, tl.load(sc), tl.load(sc + 1) <= BOUND2_LIMIT, True,
+                  BN, BD, BK, SPLIT)
     tl.store(lse + rows, out, mask=rows < n)
 
 
-@autotune(backward=True)
 @triton.jit
-def _self_lse_bwd(x, lse, g, dx, dscale, n, d, stride_n, scale, scale2, shift2, FIXED_SHIFT: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CAST_F32: tl.constexpr,
-                  PRECISION: tl.constexpr):
+def _self_lse_bwd(x, xl, lse, g, dx, dscale, sc, n, d, stride_n, BM: tl.constexpr, BN: tl.constexpr,
+                  BD: tl.constexpr, BK: tl.constexpr, BO: tl.constexpr, SPLIT: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
-    zr = load_rows(x, rows, n, d, stride_n, BD, CAST_F32)
-    acc = row_grad(tl.zeros([BM, BD], tl.float32), zr, rows, x, lse, lse, g, g, n, d, stride_n, scale2, shift2, True,
-                   FIXED_SHIFT, BN, BD, CAST_F32, PRECISION)
-    store_grad(dx, dscale + tl.program_id(0), zr, acc, rows, n, d, stride_n, scale, BD)
+    out_off = tl.program_id(1) * BO
+    zr, zr_lo = row_tiles(x, xl, rows, n, d, stride_n, BD, BK, SPLIT)
+    acc, partial = row_grad(tl.zeros([BM, BO], tl.float32), tl.zeros([], tl.float32), zr, zr_lo, rows, x, xl, x, xl,
+                            lse, lse, g, g, n, d, stride_n, tl.load(sc), tl.load(sc + 1) <= BOUND2_LIMIT, out_off,
+                            True, BN, BD, BK, BO, SPLIT)
+    store_grad(dx + out_off, dscale + tl.program_id(0), acc, partial, rows, n, d - out_off, stride_n,
+               tl.load(sc + 2), tl.load(sc + 3), out_off == 0, BO)
 
 
 class SelfLSE(torch.autograd.Function):
@@ -41,25 +44,27 @@ class SelfLSE(torch.autograd.Function):
     def forward(ctx, x, scale):
         x = x.contiguous()
         n, d = x.shape
-        scale_f, scale2, shift2, fixed = launch_args(x, scale)
+        hi, lo, sigma, split = operands(x)
+        sc = scalars(x, scale, sigma)
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
-        grid = lambda m: (triton.cdiv(n, m["BM"]),)
-        _self_lse_fwd[grid](x, lse, n, d, x.stride(0), scale2, shift2, FIXED_SHIFT=fixed, **meta(x))
-        ctx.save_for_backward(x, lse)
-        ctx.scale = scale
-        ctx.args = (scale_f, scale2, shift2, fixed)
+        tiles = _tiles.choose("fwd", x)
+        _self_lse_fwd[(triton.cdiv(n, tiles.BM),)](hi, lo, lse, sc, n, d, x.stride(0),
+                                                   **launch_options(x, tiles, split))
+        ctx.save_for_backward(hi, lo, lse, sc)
+        ctx.scale, ctx.split, ctx.dtype = scale, split, x.dtype
         return lse
 
     @staticmethod
     def backward(ctx, grad):
-        x, lse = ctx.saved_tensors
-        scale_f, scale2, shift2, fixed = ctx.args
-        n, d = x.shape
-        dx = torch.empty_like(x)
-        dscale = torch.zeros(n, dtype=torch.float32, device=x.device)  # one float per program
-        grid = lambda m: (triton.cdiv(n, m["BM"]),)
-        _self_lse_bwd[grid](x, lse, grad.contiguous(), dx, dscale, n, d, x.stride(0), scale_f, scale2, shift2,
-                            FIXED_SHIFT=fixed, **meta(x))
+        hi, lo, lse, sc = ctx.saved_tensors
+        n, d = hi.shape
+        sc, alpha = backward_scalars(sc, 2 * grad.abs().amax())  # |dS_ij| <= |g_i| + |g_j|
+        dx = torch.empty(hi.shape, dtype=ctx.dtype, device=hi.device)
+        tiles = _tiles.choose("bwd", dx)
+        options = launch_options(hi, tiles, ctx.split, backward=True)
+        grid = (triton.cdiv(n, tiles.BM), options["BD"] // options["BO"])
+        dscale = torch.zeros(grid[0], dtype=torch.float32, device=hi.device)  # one float per row block
+        _self_lse_bwd[grid](hi, lo, lse, grad.contiguous() * alpha, dx, dscale, sc, n, d, hi.stride(0), **options)
         return dx, scale_grad(ctx.scale, dscale)
 
 

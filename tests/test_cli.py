@@ -61,7 +61,8 @@ def test_ingest_whose_every_record_is_skipped_fails_with_the_counts_and_reasons(
 
 @pytest.mark.parametrize("argv, says", [
     (["ingest", "SRC", "D", "--workers", "0"], "argument --workers: 0 is not at least 1"),
-    (["ingest", "SRC", "D", "--compression-level", "12"], "argument --compression-level: 12 is not from 0 to 9"),
+    (["ingest", "SRC", "D", "--codec", "blosc-zstd", "--compression-level", "12"],
+     "argument --compression-level: 12 is not from 0 to 9 (blosc-zstd)"),
     (["ingest", "SRC", "D", "--fs", "-5"], "argument --fs: -5 is not a positive number"),
     (["ingest", "SRC", "D", "--format", "edf"], "argument --format: invalid choice: 'edf'"),
     (["ingest", "SRC", "D", "--storage-option", "anon"], "argument --storage-option: 'anon' is not key=value"),

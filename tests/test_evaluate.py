@@ -1,4 +1,5 @@
-"""ecgfast.evaluate: splits, label fractions, the protocol's arms and rule, its files, provenance and figures.
+"""ecgfast.evaluate: tasks, splits (random and by folds), label fractions, the protocol's arms and rule for binary
+and multi-label tasks, its files, provenance and figures.
 
 The statistics themselves are tested against scikit-learn and brute-force resampling in test_evaluate_metrics.py.
 """
@@ -16,6 +17,7 @@ from ecgfast.evaluate import (
     DownstreamConfig,
     PatientSplit,
     auroc,
+    fold_split,
     format_table,
     labelled_patient_split,
     nested_fractions,
@@ -25,14 +27,13 @@ from ecgfast.evaluate import (
     plot_embedding,
     plot_views,
     provenance,
+    resolve_tasks,
     run_protocol,
     train_downstream,
     write_results,
 )
 from ecgfast.models import DualStreamTemporalNet, SingleStreamTemporalNet
 from test_losses import one_thread  # noqa: F401  (an autouse fixture: tiny networks train faster on one thread)
-
-
 
 
 def cohort(n_patients=200, prevalence=0.2, seed=0):
@@ -109,6 +110,15 @@ def test_labelled_split_holds_only_labelled_patients_stratified_for_every_task()
     with pytest.raises(ValueError, match="no record holds a label"):
         labelled_patient_split(pid, {"a": np.full(len(pid), np.nan)})
 
+    # A label group of 12 classes: its combinations are mostly unique, and the lone ones are pooled and cut at the
+    # ratios (one lone patient per stratum would always land in train).
+    rng = np.random.default_rng(0)
+    group = (rng.random((len(pid), 12)) < 0.2).astype(float)
+    group[pid >= 400] = np.nan  # outside the group's evaluation
+    split = labelled_patient_split(pid, {"grp": group}, seed=1)
+    assert set(split.patients.tolist()) == set(range(400))
+    assert abs(len(split.test) - 80) <= 6 and abs(len(split.val) - 80) <= 6
+
 
 def test_nested_fractions_nest_per_seed_and_merge_equal_enlarged_fractions():
     rng = np.random.default_rng(0)
@@ -129,6 +139,79 @@ def test_nested_fractions_nest_per_seed_and_merge_equal_enlarged_fractions():
     # 1% and 2% of 200 both enlarge to 5 + 5 patients: the same patients, trained once
     few = nested_fractions(np.arange(200), np.r_[np.ones(40, int), np.zeros(160, int)], (0.02, 0.01, 1.0))
     assert few[0].same_as == 0.01 and few[1].same_as is None and np.array_equal(few[0].patients, few[1].patients)
+
+
+def test_nested_fractions_of_several_classes_nest_and_keep_each_class_represented():
+    rng = np.random.default_rng(1)
+    y = (rng.random((400, 4)) < [0.4, 0.1, 0.02, 0.005]).astype(int)  # the last class: 2 patients or so
+    fracs = nested_fractions(np.arange(400), y, (0.01, 0.1, 0.5, 1.0), min_positives=3, seed=4)
+    sets = [set(f.patients.tolist()) for f in fracs]
+    assert all(a <= b for a, b in zip(sets, sets[1:])) and sets[-1] == set(range(400))
+    for f in fracs:
+        chosen = y[f.patients]
+        # every outcome of every class holds min_positives patients, or all the training patients have
+        assert (chosen.sum(axis=0) >= np.minimum(3, y.sum(axis=0))).all()
+        assert ((1 - chosen).sum(axis=0) >= np.minimum(3, (1 - y).sum(axis=0))).all()
+        assert f.n_positives == chosen.sum(axis=0).min()
+    assert fracs[0].enlarged and not fracs[-1].enlarged
+    assert abs(len(fracs[2].patients) - 200) <= 12  # half, plus the few each class needs
+    # one class given as (P, 1) is the binary task itself
+    binary = (rng.random(300) < 0.2).astype(int)
+    one = nested_fractions(np.arange(300), binary[:, None], (0.05, 1.0), seed=2)
+    assert all(np.array_equal(a.patients, b.patients) and a.n_positives == b.n_positives
+               for a, b in zip(one, nested_fractions(np.arange(300), binary, (0.05, 1.0), seed=2)))
+
+
+def test_fold_split_follows_the_folds_over_labelled_patients():
+    # patients 0-39, two ECGs each, patient p in fold p % 10 + 1; patients 30-34 unlabelled, 35-39 without a fold
+    pid = np.repeat(np.arange(40), 2)
+    folds = np.where(pid >= 35, -1, pid % 10 + 1)
+    y = np.repeat(np.tile([[1, 0], [0, 1], [1, 1], [0, 0]], (10, 1)), 2, axis=0).astype(float)  # one per patient
+    y[(pid >= 30) & (pid < 35)] = np.nan
+    split = fold_split(pid, folds, {"grp": y, "one": y[:, 1]}, store={"fingerprint": "f"})
+    assert split.method == "folds" and split.seed is None and split.tasks == ("grp", "one")
+    labelled = np.r_[0:30]
+    assert split.test.tolist() == [p for p in labelled if p % 10 == 9]
+    assert split.val.tolist() == [p for p in labelled if p % 10 == 8]
+    assert split.train.tolist() == [p for p in labelled if p % 10 < 8]
+    back = PatientSplit.from_json(split.to_json())
+    assert back.method == "folds" and back.sha256 == split.sha256
+    # PTB-XL's strat_fold keeps patients together; folds that do not are refused, naming a patient
+    with pytest.raises(ValueError, match="patient 3 has records in folds"):
+        fold_split(pid, np.where(np.arange(80) == 7, 10, folds), {"one": y[:, 1]})
+    with pytest.raises(ValueError, match="disjoint"):
+        fold_split(pid, folds, {"one": y[:, 1]}, val=(8, 9))
+    with pytest.raises(ValueError, match="test part of the split holds only one class"):
+        fold_split(pid, folds, {"one": np.where(folds == 10, 0.0, y[:, 1])})
+
+
+def test_tasks_are_labels_groups_or_thresholds_of_a_store(tmp_path):
+    from ecgfast.store import ECGStore
+
+    n = 6
+    lvef = np.array([30.0, 40.0, 55.0, np.nan, 39.9, 70.0])
+    labels = {"af": np.array([0, 1, np.nan, 0, 1, 0.0]), "lvef": lvef,
+              "sub_A": np.array([1, 0, np.nan, 0, 1, 0.0]), "sub_B": np.array([0, 0, np.nan, 1, 1, 0.0]),
+              "x": np.array([0, 1, 0, np.nan, 1, 0.0])}
+    with ECGStore.create(tmp_path / "s.zarr", ["I"], 100.0, 10) as store:
+        store.append(np.zeros((n, 1, 10), np.float32), lengths=[10] * n, record_ids=[f"r{k}" for k in range(n)],
+                     patient_keys=[f"p{k}" for k in range(n)], labels=labels)
+        store.add_label_groups({"sub": ["sub_A", "sub_B"]})
+    store = ECGStore.open(tmp_path / "s.zarr")
+    af, sub, low, high = resolve_tasks(store, ["af", "sub", "lvef<40", "lvef >= 55"])
+    assert af.classes == ("af",) and np.array_equal(af.labels[:, 0], labels["af"], equal_nan=True)
+    assert sub.classes == ("sub_A", "sub_B") and sub.known.tolist() == [True, True, False, True, True, True]
+    np.testing.assert_array_equal(low.labels[:, 0], [1, 0, 0, np.nan, 1, 0])  # unknown stays unknown
+    np.testing.assert_array_equal(high.labels[:, 0], [0, 0, 1, np.nan, 0, 1])
+    assert high.name == "lvef >= 55" and high.classes == ("lvef >= 55",)
+    with pytest.raises(ValueError, match="label lvef holds values other than 0 and 1.*'lvef<"):
+        resolve_tasks(store, ["lvef"])
+    with pytest.raises(ValueError, match="no label, label group or comparison of a label named nosuch, y<1"):
+        resolve_tasks(store, ["nosuch", "af", "y<1"])
+    with ECGStore.open(tmp_path / "s.zarr", mode="r+") as writable:
+        writable.add_label_groups({"mixed": ["af", "x"]})
+    with pytest.raises(ValueError, match=r"record r2 \(and 1 more\) holds x but not af"):
+        resolve_tasks(ECGStore.open(tmp_path / "s.zarr"), ["mixed"])
 
 
 def test_nested_fractions_rejects_too_few_positives():
@@ -234,8 +317,9 @@ def test_predictions_recompute_every_reported_auroc(protocol_run, tmp_path):
     paths = write_results(evaluation, tmp_path / "run", provenance=provenance(argv=["train.py", "evaluate"]))
     with open(paths["predictions"]) as f:
         preds = list(csv.DictReader(f))
-    assert list(preds[0]) == ["task", "arm", "fraction", "seed", "record_id", "patient_id", "split", "label",
-                              "score"]
+    assert list(preds[0]) == ["task", "class", "arm", "fraction", "seed", "record_id", "patient_id", "split",
+                              "label", "score"]
+    assert {p["class"] for p in preds} == {"sine"}  # a binary task is its own one class
     n_scored = len(split.records(pid, "val")) + len(split.records(pid, "test"))
     assert len(preds) == len(evaluation.runs) * n_scored
     with open(paths["results"]) as f:
@@ -254,6 +338,63 @@ def test_predictions_recompute_every_reported_auroc(protocol_run, tmp_path):
 
     table = format_table(evaluation)
     assert "finetuned - random" in table and "random_probe" in table and "step budget" in table
+
+
+def test_a_label_group_trains_one_head_and_reports_macro_and_per_class_auroc(tmp_path):
+    x, y0, pid = sine_task(n_patients=60)
+    split = patient_split(pid, y0, seed=0)
+    test = np.isin(pid, split.test)
+    rng = np.random.default_rng(3)
+    y = np.stack([y0, (rng.random(len(y0)) < 0.4).astype(int), np.where(test, 0, rng.random(len(y0)) < 0.3)], 1)
+    config = DownstreamConfig(fractions=(0.5, 1.0), seeds=(0, 1), arms=("prevalence", "random_probe", "finetuned"),
+                              batch_size=16, eval_every=2, patience=2, max_steps=6, min_positives=2, n_boot=100,
+                              progress=False)
+    torch.manual_seed(5)
+    evaluation = run_protocol("grp", x, y, pid, split, tiny_encoder, pretrained=tiny_encoder().state_dict(),
+                              config=config, classes=("c0", "c1", "c2"))
+    preds = {k: np.asarray(v) for k, v in evaluation.predictions.items()}
+    assert len(preds["score"]) == len(evaluation.runs) * 3 * (len(split.records(pid, "val")) + test.sum())
+
+    def class_auroc(run, name):
+        rows = ((preds["arm"] == run["arm"]) & (preds["fraction"] == run["fraction"]) & (preds["seed"] == run["seed"])
+                & (preds["split"] == "test") & (preds["class"] == name))
+        return auroc(preds["label"][rows], preds["score"][rows])
+
+    # c2 has no positive among the test records: skipped, named; the macro AUROC is the mean of c0's and c1's
+    for run in evaluation.runs:
+        assert run["test_auroc"] == pytest.approx((class_auroc(run, "c0") + class_auroc(run, "c1")) / 2)
+    assert {(r["n_classes"], r["skipped_classes"]) for r in evaluation.summary} == {(2, "c2")}
+    assert {r["class"] for r in evaluation.classes} == {"c0", "c1"}
+    for row in evaluation.classes:
+        runs = [r for r in evaluation.runs if (r["arm"], r["fraction"]) == (row["arm"], row["fraction"])]
+        assert row["test_auroc"] == pytest.approx(np.mean([class_auroc(r, row["class"]) for r in runs]))
+        assert row["test_auroc_lo"] <= row["test_auroc"] <= row["test_auroc_hi"]
+        assert row["n_test_positives"] == y[test][:, int(row["class"][1])].sum()
+    # the paired differences are of the macro AUROC, seed by seed
+    for d in evaluation.differences:
+        a = [r["test_auroc"] for r in evaluation.runs if (r["arm"], r["fraction"]) == (d["arm_a"], d["fraction"])]
+        b = [r["test_auroc"] for r in evaluation.runs if (r["arm"], r["fraction"]) == (d["arm_b"], d["fraction"])]
+        assert d["diff_auroc"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert {(d["arm_a"], d["arm_b"]) for d in evaluation.differences} == {("finetuned", "random_probe")}
+    # the head of the multi-label arms has one logit per class; the prevalence arm scores each class's prevalence
+    prevalence = (preds["arm"] == "prevalence") & (preds["fraction"] == 1.0) & (preds["seed"] == 0)
+    train_y = y[np.isin(pid, split.train)].mean(axis=0)
+    for k, name in enumerate(("c0", "c1", "c2")):
+        logit = preds["score"][prevalence & (preds["class"] == name)]
+        assert np.allclose(logit, np.log(train_y[k] / (1 - train_y[k])))
+    paths = write_results(evaluation, tmp_path, plot=False)
+    with open(paths["classes"]) as f:
+        assert len(list(csv.DictReader(f))) == len(evaluation.classes)
+    table = format_table(evaluation)
+    assert "grp: test AUROC (AUPRC) per class at 100%" in table and "skipped" in table and "c2" in table
+
+    # A binary task is the one-class case of the same code: labels (N,) and (N, 1) give the same numbers.
+    one = dict(fractions=(1.0,), seeds=(0,), arms=("random_probe",), eval_every=2, patience=2, max_steps=6,
+               min_positives=2, n_boot=20, progress=False)
+    flat = run_protocol("c0", x, y0, pid, split, tiny_encoder, config=DownstreamConfig(**one))
+    column = run_protocol("c0", x, y0[:, None], pid, split, tiny_encoder, config=DownstreamConfig(**one))
+    np.testing.assert_array_equal(flat.predictions["score"], column.predictions["score"])
+    assert flat.runs[0]["test_auroc"] == column.runs[0]["test_auroc"] == flat.classes[0]["test_auroc"]
 
 
 def test_patient_level_scoring_scores_one_mean_per_patient():

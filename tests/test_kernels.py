@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ecgfast.kernels import _tiles
 from ecgfast.kernels.cross_lse import cross_lse
 from ecgfast.kernels.self_lse import self_lse
 from ecgfast.losses import reference
@@ -98,6 +99,65 @@ SELF_CASES = [(7, 16, "bf16"), (64, 512, "fp32"), (64, 100, "fp16"), (130, 128, 
 @pytest.mark.parametrize("m,d,dtype", SELF_CASES)
 def test_self_lse_matches_reference(m, d, dtype):
     check(self_lse, ref_self_lse, embeddings(m, d), 10.0, dtype)
+
+
+def _table_tiles():
+    """Each (BM, BN) of the GPU tile table once, with the element size and padded width of an entry that uses it."""
+    out = {}
+    for (_, _, itemsize, width), choices in sorted(_tiles.TABLE.items()):
+        for tiles in choices:
+            out.setdefault((tiles.BM, tiles.BN), (tiles, itemsize, width))
+    return list(out.values())
+
+
+TABLE_TILES = _table_tiles()
+
+
+@pytest.mark.parametrize("k", range(len(TABLE_TILES)), ids=[f"BM{t.BM}-BN{t.BN}-bd{w}" for t, _, w in TABLE_TILES])
+def test_every_gpu_tile_shape_matches_reference(k):
+    # N = 130 is a multiple of no tile and d = width - 28 no power of two: every edge mask is exercised. The tiles
+    # alternate between the two primitives and the two 16-bit types (fp32 where the table entry is fp32's).
+    tiles, itemsize, width = TABLE_TILES[k]
+    dtype = "fp32" if itemsize == 4 else ("bf16", "fp16")[k % 2]
+    with _tiles.forced(fwd=tiles, bwd=tiles):
+        if k % 2:
+            check(self_lse, ref_self_lse, embeddings(130, width - 28), 10.0, dtype)
+        else:
+            check(cross_lse, ref_cross_lse, embeddings(130, 2, width - 28), 10.0, dtype)
+
+
+@pytest.mark.parametrize("kernel,ref,shape,dtype", [(cross_lse, ref_cross_lse, (70, 2, 100), "fp32"),
+                                                    (self_lse, ref_self_lse, (70, 200), "bf16")])
+def test_feature_chunks_match_reference(kernel, ref, shape, dtype):
+    # What a GPU runs for wide inputs (the interpreter takes whole widths by default): the logits' contraction 32
+    # features at a time and the backward's row gradient 64 features per program, the last chunks partly padding.
+    with _tiles.forced(fwd=_tiles.Tiles(64, 32, 4, 2, BK=32), bwd=_tiles.Tiles(64, 32, 4, 2, BK=32, BO=64)):
+        check(kernel, ref, embeddings(*shape), 10.0, dtype)
+
+
+def test_sixteen_bit_tiles_reach_the_dots_as_they_are(dot_operands):
+    # No cast to fp32 on the way: the interpreter's dots see fp16 operands (as a GPU's tensor cores would) for both
+    # products of the forward and the backward.
+    x = embeddings(40, 2, 32).to(torch.float16).requires_grad_()
+    row, col = cross_lse(x, 10.0)
+    (row.sum() + col.sum()).backward()
+    assert set(dot_operands) == {"fp16"}
+
+
+def test_fp32_runs_three_fp16_products_under_highest_and_one_under_high(dot_operands):
+    x = embeddings(40, 24).float()
+    counts = {}
+    before = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("highest", "high"):
+            torch.set_float32_matmul_precision(precision)
+            dot_operands.clear()
+            self_lse(x, 10.0)
+            assert set(dot_operands) == {"fp16"}
+            counts[precision] = dot_operands["fp16"]
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert counts["highest"] == 3 * counts["high"]
 
 
 @pytest.mark.parametrize("kernel,ref,shape", [(cross_lse, ref_cross_lse, (70, 3, 20)), (self_lse, ref_self_lse, (70, 20))])

@@ -141,10 +141,10 @@ class CountingStore:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def read_block(self, start, stop, raw=False):
+    def read_block(self, start, stop, raw=False, out=None):
         with self.lock:
             self.records["block"] += stop - start
-        return self.inner.read_block(start, stop, raw=raw)
+        return self.inner.read_block(start, stop, raw=raw, out=out)
 
     def read(self, indices, raw=False):
         with self.lock:
@@ -249,9 +249,9 @@ class FailingStore:
         if self.bad in set(np.asarray(records).tolist()):
             raise ValueError(f"record {self.bad} could not be read")
 
-    def read_block(self, start, stop, raw=False):
+    def read_block(self, start, stop, raw=False, out=None):
         self._check(range(start, stop))
-        return self.inner.read_block(start, stop, raw=raw)
+        return self.inner.read_block(start, stop, raw=raw, out=out)
 
     def read(self, indices, raw=False):
         self._check(indices)

@@ -199,3 +199,47 @@ def test_verify_through_zarr_for_a_layout_the_shard_module_does_not_handle(good,
     (copy / "signals" / "c" / "1" / "0" / "0").unlink()
     (problem,) = ECGStore.open(copy).verify()
     assert "signals/c/1/0/0 (records 4-7): the shard is missing" in problem
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+def test_a_damaged_shard_of_a_remote_store_is_an_error_naming_it(how):
+    """Through fsspec (here memory://) the index comes in one suffix request, without the object's size: a damaged
+    shard is still found, by its index's CRC-32C or the bytes that do not come back."""
+    import fsspec
+
+    url = f"memory://test_shards_remote/{how}.zarr"
+    x = _records(N)
+    with ECGStore.create(url, LEADS8, 500, T, chunk_records=SHARD, overwrite=True) as store:
+        store.append(x, lengths=[T] * N, record_ids=[f"s/r{i}" for i in range(N)],
+                     patient_keys=[str(i) for i in range(N)], raw=True)
+    fs, key = fsspec.filesystem("memory"), f"/test_shards_remote/{how}.zarr/signals/c/1/0/0"
+    data = fs.cat(key)
+    if how == "missing":
+        fs.rm(key)
+    else:
+        fs.pipe(key, data[: len(data) // 2])
+    store = ECGStore.open(url)
+    for read in (lambda: store.read_block(0, N, raw=True), lambda: store.read([9, 5])):
+        with pytest.raises(ShardError, match="records 4-7") as err:
+            read()
+        assert f"{url}/signals/c/1/0/0" in str(err.value)
+        assert ("missing" if how == "missing" else "index fails its CRC-32C") in str(err.value)
+    np.testing.assert_array_equal(store.read([9, 0], raw=True), x[[9, 0]])
+
+
+def test_pcodec_chunks_decode_straight_and_report_damage():
+    codec = ChunkCodec([{"name": "numcodecs.pcodec", "configuration": {"level": 8}}, {"name": "crc32c"}], (1, 8, T))
+    x = _records(1)
+    chunk = codec.encode(x)
+    out = np.empty_like(x)
+    codec.decode(chunk, out)
+    np.testing.assert_array_equal(out, x)
+    codec.decode(memoryview(chunk), out)  # a view into a span fetched from an object store
+    np.testing.assert_array_equal(out, x)
+    bad = bytearray(chunk)
+    bad[len(bad) // 2] ^= 0x01
+    with pytest.raises(ValueError, match="CRC-32C"):
+        codec.decode(bytes(bad), out)
+    short = ChunkCodec([{"name": "numcodecs.pcodec", "configuration": {"level": 8}}], (1, 8, T + 1))
+    with pytest.raises(ValueError, match=f"decodes to {8 * T} values, not {8 * (T + 1)}"):
+        short.decode(chunk[:-4], np.empty((1, 8, T + 1), np.int16))

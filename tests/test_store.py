@@ -280,6 +280,96 @@ def test_storage_options_pass_through_create_open_and_ingest(data_dir, monkeypat
         ECGStore.open("some/local/path.zarr", storage_options=options)
 
 
+@pytest.mark.parametrize("codec, level", [("pcodec", 4), ("blosc-zstd", 1), ("blosc-lz4", 5), ("blosc-lz4hc", 3)])
+def test_every_codec_round_trips_is_recorded_and_zarr_reads_it(tmp_path, codec, level):
+    x = _signals(9, leads=8)
+    path = tmp_path / "c.zarr"
+    with ECGStore.create(path, LEADS8, 500, T, chunk_records=4, codec=codec, compression_level=level) as store:
+        _append(store, x)
+    store = ECGStore.open(path)
+    assert store.attrs["codec"] == {"name": codec, "level": level} and store.codec == (codec, level)
+    assert store.record_codec().checksum  # a CRC-32C per record whatever the codec
+    assert f"codec     {codec} level {level}, a CRC-32C per record" in store.summary()
+    expected = np.rint(x.astype(np.float64) * 1000).astype(np.int16)
+    np.testing.assert_array_equal(store.read_block(0, 9, raw=True), expected)
+    np.testing.assert_array_equal(store.read([8, 0, 5], raw=True), expected[[8, 0, 5]])
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["signals"][:], expected)
+    assert store.verify() == []
+
+
+def test_the_default_codec_and_levels(tmp_path):
+    from ecgfast.store import CODECS, DEFAULT_CODEC
+
+    store = ECGStore.create(tmp_path / "d.zarr", LEADS8, 500, T)
+    assert store.codec == (DEFAULT_CODEC, CODECS[DEFAULT_CODEC][0]) == ("blosc-lz4hc", 2)
+    with pytest.raises(ValueError, match=r"codec \(--codec\) must be one of blosc-lz4hc, blosc-lz4"):
+        ECGStore.create(tmp_path / "e.zarr", LEADS8, 500, T, codec="zstd")
+    with pytest.raises(ValueError, match=r"--compression-level\) of blosc-lz4 must be an integer from 0 to 9"):
+        ECGStore.create(tmp_path / "f.zarr", LEADS8, 500, T, codec="blosc-lz4", compression_level=10)
+
+
+def test_reads_decode_into_the_callers_buffer(filled):
+    path, x = filled
+    store = ECGStore.open(path, threads=3)  # parts of 3 threads across shards of 8
+    buffer = np.full((20, 12, T), 7, np.int16)
+    got = store.read_block(3, 23, raw=True, out=buffer)
+    assert got is buffer
+    np.testing.assert_array_equal(buffer, np.rint(x[3:23].astype(np.float64) * 500).astype(np.int16))
+    for bad in (np.empty((19, 12, T), np.int16), np.empty((20, 12, T), np.int32),
+                np.empty((20, 12, 2 * T), np.int16)[:, :, ::2]):
+        with pytest.raises(ValueError, match="out must be a writable C-contiguous int16 array of shape"):
+            store.read_block(3, 23, raw=True, out=bad)
+    with pytest.raises(ValueError, match="raw=True"):
+        store.read_block(3, 23, out=buffer)
+    assert np.shares_memory(store.read([40, 2, 40], raw=True, out=buffer[:3]), buffer)
+    np.testing.assert_array_equal(buffer[:3], np.rint(x[[40, 2, 40]].astype(np.float64) * 500).astype(np.int16))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_reads_split_over_any_number_of_threads_agree(filled, threads):
+    path, x = filled
+    expected = np.rint(x.astype(np.float64) * 500).astype(np.int16)
+    store = ECGStore.open(path, threads=threads)
+    idx = np.random.default_rng(threads).integers(0, 45, 30)
+    np.testing.assert_array_equal(store.read(idx, raw=True), expected[idx])
+    np.testing.assert_array_equal(store.read_block(1, 44, raw=True), expected[1:44])
+
+
+def test_a_default_store_reads_every_field_with_plain_zarr_and_numcodecs(tmp_path):
+    """zarr-python with numcodecs opens a store of the default codec without ecgfast."""
+    x = _signals(6)
+    path = tmp_path / "plain.zarr"
+    with ECGStore.create(path, LEADS12, 500, T, chunk_records=4) as store:
+        _append(store, x, labels={"af": np.arange(6) % 2})
+        store.add_report(["src/gone"], ["skip"], ["unreadable no header"])
+    store = ECGStore.open(path)
+    group = zarr.open_group(str(path), mode="r")
+    inner = group["signals"].metadata.to_dict()["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in inner] == ["bytes", "blosc", "crc32c"]  # Zarr v3 core codecs only
+    np.testing.assert_array_equal(group["signals"][:], store.read_block(0, 6, raw=True))
+    for name in FIELDS:
+        values = group[name][:]
+        mine = getattr(store, {"length": "lengths", "record_id": "record_ids", "patient_id": "patient_ids",
+                               "patient_key": "patient_keys", "fold": "folds"}.get(name, name))
+        np.testing.assert_array_equal(np.asarray(values, dtype=mine.dtype), mine, err_msg=name)
+    np.testing.assert_array_equal(group["labels/af"][:], store.labels["af"])
+    assert [str(r) for r in group["ingest_report/record_id"][:]] == ["src/gone"]
+
+
+def test_ingest_keeps_a_stores_codec(data_dir, tmp_path):
+    from ecgfast.ingest import ingest
+
+    dest = tmp_path / "k.zarr"
+    shape = dict(leads=8, fs=100, seconds=1, progress=False)
+    ingest(data_dir / "cpsc2018", dest, codec="blosc-lz4", **shape)
+    assert ECGStore.open(dest).codec == ("blosc-lz4", 5)
+    with pytest.raises(ValueError, match="compressed with blosc-lz4 level 5; this ingest asks for pcodec level 8"):
+        ingest(data_dir / "ptb_frank", dest, codec="pcodec", **shape)
+    ingest(data_dir / "ptb_frank", dest, **shape)  # no codec named: the store's own
+    store = ECGStore.open(dest)
+    assert store.codec == ("blosc-lz4", 5) and len(store) == 11 and store.verify() == []
+
+
 def test_folds_and_label_groups_and_a_store_from_before_the_fold_field(tmp_path):
     """``fold`` came after schema 1's first stores: one without the array opens, reads -1, verifies clean and gets
     the array (-1 for its earlier records) with its next append. Label groups name labels; bad ones are refused."""

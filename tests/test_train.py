@@ -1,5 +1,6 @@
 """train.py end to end at the micro preset (seconds): the demo, an unlabelled store, settings read from the checkpoint,
-runs that never overwrite each other, resume, failures that speak, and two gloo processes."""
+runs that never overwrite each other, resume, failures that speak, a PTB-XL label group on its folds, thresholds of
+float labels, a checkpoint evaluated on another store, and two gloo processes sharing one global batch."""
 
 import csv
 import importlib.util
@@ -15,7 +16,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ecgfast.evaluate import PatientSplit
+from ecgfast.evaluate import PatientSplit, auroc
+from test_ingest_formats import _ptbxl_tree  # the PTB-XL layout's fixture builder, shared with the ingest tests
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
@@ -190,17 +192,27 @@ def test_runs_never_overwrite_each_other(tmp_path, cache, cinc_dx, capsys):
 
 
 def test_resume_continues_the_same_trajectory(tmp_path, cache, capsys):
-    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "straight", "--max-steps", "4")) == 0
-    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "2")) == 0
+    # under a cosine schedule (held for no epoch), whose rate a resumed run takes from the step
+    cosine = ("--lr-schedule", "cosine", "--epochs", "3")
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "straight", "--max-steps", "4", *cosine)) == 0
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "2", *cosine)) == 0
     # Steps after the last checkpoint (a run killed at step 3) are logged again by the resumed run, once.
     with open(tmp_path / "resumed" / "pretrain_log.csv", "a") as f:
         f.write("3,0,9.99,1,0,0\n")
     refused(capsys, micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume",
-                          "--lr", "0.5"), "--lr 0.5", "0.001")
-    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume")) == 0
+                          "--lr", "0.5", *cosine), "--lr 0.5", "0.001")
+    refused(capsys, micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume",
+                          "--lr-schedule", "cosine", "--epochs", "4"), "--epochs 4", "its 3")
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "resumed", "--max-steps", "4", "--resume",
+                            *cosine)) == 0
     a = torch.load(tmp_path / "straight" / "pretrain.pt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "pretrain.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
+    cfg = train.Config(**a["config"])
+    split = PatientSplit.from_json((tmp_path / "straight" / "split.json").read_text())
+    per_epoch = len(train.make_sampler(cfg, train.open_data(cfg), split))
+    assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(train.learning_rate(cfg, 3, per_epoch))
+    assert train.learning_rate(cfg, 3, per_epoch) < cfg.lr
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     log = list(csv.DictReader(open(tmp_path / "resumed" / "pretrain_log.csv")))
@@ -313,6 +325,137 @@ def test_the_split_holds_only_labelled_patients_and_every_other_one_pretrains(tm
     assert PatientSplit.from_json((tmp_path / "a" / "split.json").read_text()).sha256 == split.sha256
 
 
+# A PTB-XL layout of 40 patients, 4 per fold, 1-2 ECGs each, whose codes cycle through the super classes; no ECG of
+# fold 10 (test) has LAO/LAE, so that HYP lacks positives there and is skipped.
+PTBXL_CODES = ("{'NORM': 100.0, 'SR': 0.0}", "{'IMI': 35.0, 'LAFB': 100.0}", "{'NDT': 100.0, 'AFIB': 0.0}",
+               "{'LAO/LAE': 50.0, '1AVB': 100.0}", "{'NORM': 80.0}", "{'1AVB': 100.0, 'PVC': 0.0}")
+
+
+@pytest.fixture(scope="module")
+def ptbxl(tmp_path_factory):
+    """That layout built by the ingest tests' fixture builder, ingested at the micro preset's 50 Hz (2 s records)."""
+    from ecgfast.ingest import ingest
+
+    rows = []
+    for patient in range(40):
+        fold = patient % 10 + 1
+        for k in range(1 + patient % 2):
+            codes = PTBXL_CODES[(patient + k) % len(PTBXL_CODES)]
+            rows.append((len(rows) + 1, f"{1000 + patient}.0", "60", str(patient % 2),
+                         PTBXL_CODES[0] if fold == 10 and "LAO" in codes else codes, str(fold)))
+    root = _ptbxl_tree(tmp_path_factory.mktemp("ptbxl") / "ptbxl", rows)
+    dest = root.parent / "ptbxl.zarr"
+    ingest(root, dest, fs=50, seconds=2, workers=1, progress=False)
+    return dest
+
+
+def test_a_label_group_on_the_folds_of_another_store_reports_macro_and_per_class_auroc(tmp_path, cache, ptbxl,
+                                                                                       capsys):
+    from ecgfast.store import ECGStore
+
+    # A checkpoint pretrained on the synthetic cohort, evaluated on the PTB-XL store: its settings come from the
+    # checkpoint, the run folder and the split belong to the PTB-XL store.
+    assert train.main(micro(tmp_path, cache, "pretrain", "--name", "synth", "--max-steps", "2")) == 0
+    checkpoint = tmp_path / "synth" / "pretrain.pt"
+    code, out, _ = run(capsys, micro(tmp_path, cache, "evaluate", "--data", str(ptbxl), "--split", "folds",
+                                     "--tasks", "super", "--checkpoint", str(checkpoint)))
+    assert code == 0 and "pretrained on" in out
+    run_dir = tmp_path / "micro-ptbxl-seed0"
+    assert json.loads((run_dir / "config.json").read_text())["data_id"] == str(ptbxl.resolve())
+    store = ECGStore.open(ptbxl)
+    pid, folds = np.asarray(store.patient_ids), np.asarray(store.folds)
+    split = PatientSplit.from_json((run_dir / "split.json").read_text())
+    assert split.method == "folds" and split.tasks == ("super",)
+    assert split.store["fingerprint"] == train_identity(store)
+    for part, chosen in (("train", folds <= 8), ("val", folds == 9), ("test", folds == 10)):
+        assert np.array_equal(getattr(split, part), np.unique(pid[chosen])), part
+
+    # One multi-label head per arm: the macro AUROC in results.csv and summary.csv, each class in classes.csv
+    summary = list(csv.DictReader(open(run_dir / "summary.csv")))
+    classes = list(csv.DictReader(open(run_dir / "classes.csv")))
+    assert {(r["n_classes"], r["skipped_classes"]) for r in summary} == {("4", "super_HYP")}
+    assert {r["class"] for r in classes} == {"super_CD", "super_MI", "super_NORM", "super_STTC"}
+    assert max(int(r["n_train_patients"]) for r in summary) == len(np.unique(pid[folds <= 8]))
+    preds = list(csv.DictReader(open(run_dir / "predictions.csv")))
+    for row in summary:  # one seed: the macro AUROC is the mean of the classes' AUROCs
+        mine = [c for c in classes if (c["arm"], c["fraction"]) == (row["arm"], row["fraction"])]
+        assert len(mine) == 4
+        assert float(row["test_auroc"]) == pytest.approx(np.mean([float(c["test_auroc"]) for c in mine]), abs=1e-9)
+        for c in mine:  # and each class's AUROC is that of its predictions
+            test = [p for p in preds if (p["arm"], p["fraction"], p["class"], p["split"]) ==
+                    (row["arm"], row["fraction"], c["class"], "test")]
+            assert float(c["test_auroc"]) == pytest.approx(
+                auroc([float(p["label"]) for p in test], [float(p["score"]) for p in test]), abs=1e-4)
+    differences = list(csv.DictReader(open(run_dir / "differences.csv")))
+    assert {(d["arm_a"], d["arm_b"]) for d in differences} >= {("finetuned", "random"), ("frozen", "random")}
+    assert "super: test AUROC (AUPRC) per class" in out and "super_STTC" in out
+    assert "skipped (one outcome among the test records): super_HYP" in out
+    saved = json.loads((run_dir / "results.json").read_text())["provenance"]
+    assert saved["checkpoint"]["path"] == str(checkpoint) and saved["split"]["method"] == "folds"
+
+    # The synthetic cohort has no folds; a split of one kind is not reused as the other.
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--split", "folds", "--checkpoint", str(checkpoint),
+                          "--name", "x"), "--split folds", "no folds")
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--data", str(ptbxl), "--tasks", "super",
+                          "--checkpoint", str(checkpoint)), "--split random", "split.json is a folds split")
+
+
+def potassium_store(path: Path) -> Path:
+    """A synthetic store with the float potassium (a z-score; unknown on a fifth of the ECGs) and the 0/1 low_lvef."""
+    from ecgfast.store import ECGStore
+    from ecgfast.synth import make_cohort
+
+    c = make_cohort(60, fs=50.0, seconds=3.0, leads=12, seed=3)
+    potassium = np.where(np.arange(len(c.record_ids)) % 5 == 0, np.nan, c.traits["potassium"])
+    with ECGStore.create(path, c.lead_names, c.fs, c.signals.shape[2], chunk_records=64, overwrite=True) as store:
+        store.append(c.signals, lengths=c.lengths, record_ids=c.record_ids, patient_keys=c.patient_keys,
+                     labels={"potassium": potassium, "low_lvef": c.labels["low_lvef"]})
+    return path
+
+
+def test_float_labels_are_thresholded_and_test_patients_never_pretrained_the_checkpoint(tmp_path, cache, capsys):
+    from ecgfast.store import ECGStore
+
+    data = str(potassium_store(tmp_path / "k.zarr"))
+    refused(capsys, micro(tmp_path, cache, "pretrain", "--data", data, "--tasks", "potassium"),
+            "--tasks potassium", "values other than 0 and 1", "'potassium<")
+    task = "potassium>0.8"
+    assert train.main(micro(tmp_path, cache, "pretrain", "--data", data, "--tasks", task, "--name", "k",
+                            "--max-steps", "2")) == 0
+    store = ECGStore.open(data)
+    pid, k = np.asarray(store.patient_ids), np.asarray(store.labels["potassium"])
+    split = PatientSplit.from_json((tmp_path / "k" / "split.json").read_text())
+    assert split.tasks == (task,) and np.array_equal(split.patients, np.unique(pid[~np.isnan(k)]))
+    assert train.main(micro(tmp_path, cache, "evaluate", "--data", data, "--tasks", task, "--name", "k",
+                            "--fractions", "1", "--arms", "prevalence", "frozen")) == 0
+    preds = list(csv.DictReader(open(tmp_path / "k" / "predictions.csv")))
+    index = {rid: i for i, rid in enumerate(store.record_ids.tolist())}
+    scored = {p["record_id"]: float(p["label"]) for p in preds}
+    assert scored and all(label == float(k[index[rid]] > 0.8) for rid, label in scored.items())
+    assert not any(np.isnan(k[index[rid]]) for rid in scored)  # unknown stays unknown: never scored
+
+    # The checkpoint pretrained on this store's patients but the test patients of its split: another task's split
+    # here would score patients it saw, and is refused; the same split in another run folder is not.
+    refused(capsys, micro(tmp_path, cache, "evaluate", "--data", data, "--tasks", "low_lvef", "--name", "other",
+                          "--checkpoint", str(tmp_path / "k" / "pretrain.pt")),
+            "test patients", "pretrained the checkpoint", f"--tasks {task} --split random --seed 0")
+    assert train.main(micro(tmp_path, cache, "evaluate", "--data", data, "--tasks", task, "--name", "again",
+                            "--checkpoint", str(tmp_path / "k" / "pretrain.pt"), "--fractions", "1", "--arms",
+                            "frozen")) == 0
+
+
+def test_batch_size_is_the_global_batch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    refused(capsys, ["pretrain", "--batch-size", "16", "--out", str(tmp_path)], "--batch-size 16", "3 ranks",
+            "multiple of 3")
+    paper = train.PRESETS["paper"][1]
+    assert paper["batch_size"] == 512 and paper["downstream_batch_size"] == 512 and paper["sampling"] == "uniform"
+    cfg = train.Config(lr=1.0, epochs=10, lr_schedule="cosine", lr_hold_epochs=2)
+    rates = [train.learning_rate(cfg, step, 4) for step in range(40)]
+    assert rates[:8] == [1.0] * 8 and rates[8 + 16] == pytest.approx(0.5) and 0 < rates[-1] < 0.01
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
 def train_identity(store) -> str:
     from ecgfast.evaluate import store_identity
 
@@ -335,8 +478,11 @@ def _rank(rank, world, port, argv):
 def test_two_gloo_processes_pretrain_together(tmp_path, cache):
     # Build the cohort here first so that the two ranks only open it.
     train.open_data(train.Config(**{**train.PRESETS["micro"][1], "cache": str(cache)}))
-    argv = micro(tmp_path, cache, "pretrain", "--name", "ddp", "--max-steps", "2")
+    argv = micro(tmp_path, cache, "pretrain", "--name", "ddp")  # one epoch
     mp.start_processes(_rank, args=(2, _free_port(), argv), nprocs=2, join=True, start_method="spawn")
     ckpt = torch.load(tmp_path / "ddp" / "pretrain.pt", weights_only=False)
-    assert ckpt["step"] == 2
+    # --batch-size 16 is the batch of both ranks together (8 each): an epoch takes the steps of one process's 16
+    cfg = train.Config(**ckpt["config"])
+    split = PatientSplit.from_json((tmp_path / "ddp" / "split.json").read_text())
+    assert ckpt["step"] == len(train.make_sampler(cfg, train.open_data(cfg), split)) > 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .splits import BOOTSTRAP_STREAM, binary, patient_labels, rng
+from .splits import BOOTSTRAP_STREAM, binary, multi_hot, patient_labels, rng
 
 __all__ = [
     "auroc",
     "auprc",
+    "macro_auroc",
     "bootstrap_counts",
     "replicate_metric",
     "bootstrap_auroc_ci",
@@ -95,6 +96,19 @@ def auprc(y: Sequence, score: Sequence) -> float:
     return float(weighted_auprc(y, score, np.ones((1, len(y))))[0])
 
 
+def macro_auroc(y: Sequence, scores: Sequence) -> tuple[float, np.ndarray]:
+    """The mean of the per-class AUROCs of scores (N, K) for labels (N, K) (or (N,) and (N,): one class), over the
+    classes with both outcomes in ``y``; returns it (NaN if none) and the indices of those classes."""
+    y = multi_hot(y, "y")
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(y), -1)
+    if scores.shape != y.shape:
+        raise ValueError(f"scores has shape {scores.shape}, y has {y.shape}")
+    evaluated = np.flatnonzero((y == 1).any(axis=0) & (y == 0).any(axis=0))
+    if not len(evaluated):
+        return float("nan"), evaluated
+    return float(np.mean([auroc(y[:, c], scores[:, c]) for c in evaluated])), evaluated
+
+
 def bootstrap_counts(patient_ids: Sequence, n_boot: int, seed: int = 0) -> np.ndarray:
     """(n_boot, N) multiplicities: in each replicate, the patients drawn with replacement, as many as there are.
 
@@ -167,13 +181,16 @@ def seed_mean_interval(values: Sequence[float], replicates: np.ndarray, seed_cou
 
 
 def patient_scores(patient_ids: Sequence, labels: Sequence, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """One score per patient: the mean of its ECGs' scores (M, N) -> (M, P); a patient is positive if any ECG is.
+    """One score per patient: the mean of its ECGs' scores (M, N) -> (M, P), or (M, N, K) -> (M, P, K) for labels
+    (N, K) of K classes; a patient is positive (for a class) if any ECG is.
 
     Returns the patients (sorted), their labels and their scores.
     """
     patients, positive = patient_labels(patient_ids, labels)
     inverse = np.searchsorted(patients, np.asarray(patient_ids))
-    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
-    sums = np.zeros((len(scores), len(patients)))
-    np.add.at(sums.T, inverse, scores.T)
-    return patients, positive, sums / np.bincount(inverse, minlength=len(patients))
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores.reshape(-1, len(inverse), *positive.shape[1:])  # (M, N) or (M, N, K)
+    sums = np.zeros((len(scores), len(patients), *scores.shape[2:]))
+    np.add.at(sums.swapaxes(0, 1), inverse, scores.swapaxes(0, 1))
+    counts = np.bincount(inverse, minlength=len(patients)).reshape(-1, *([1] * (scores.ndim - 2)))
+    return patients, positive, sums / counts

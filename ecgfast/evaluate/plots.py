@@ -101,7 +101,7 @@ def plot_results(evaluation: Evaluation, path: str | Path) -> Path:
     axes[0][0].set_ylabel("test AUROC (mean over seeds, 95% CI)")
     axes[1][0].set_ylabel("paired difference in AUROC")
     axes[0][-1].legend(fontsize=8, loc="lower right")
-    if diffs:
+    if diffs:  # one arm alone has no paired difference to name
         axes[1][-1].legend(fontsize=7, loc="upper right")
     return _save(fig, path, "", dpi=110)
 

@@ -1,6 +1,10 @@
 """The downstream protocol: five arms trained under one early-stopping rule, scored with a paired bootstrap.
 
-For one binary task, ``run_protocol`` trains a classifier on 1-100% of the training patients in each arm:
+For one task, ``run_protocol`` trains a classifier on 1-100% of the training patients in each arm. A task has K
+classes: one for a binary task, several for a label group (the PTB-XL benchmark's ``super``, ``rhythm``...), which
+trains one multi-label head (K logits, BCE per class) and is scored by its macro AUROC, the mean of its classes'
+AUROCs (classes without both outcomes among the test records are skipped and named). A binary task is the case K = 1
+of the same code. The arms:
 
 - ``prevalence``: no model; every record scores the training subset's prevalence (AUROC 0.5; its AUPRC is the test
   prevalence, the chance level of AUPRC);
@@ -10,14 +14,15 @@ For one binary task, ``run_protocol`` trains a classifier on 1-100% of the train
 - ``finetuned``: the pretrained encoder trained at ``lr_backbone``, a new head at ``lr_head``.
 
 Every trained arm follows the same rule: validate every ``eval_every`` steps (or every epoch), keep the state with
-the best validation AUROC, stop after ``patience`` validations without improvement or at the ``max_steps``
+the best validation (macro) AUROC, stop after ``patience`` validations without improvement or at the ``max_steps``
 budget, whichever comes first; each row says which (``stopped_by``). Each seed draws its own nested label
 fractions, shared by its arms. Test scores of every run are then scored on one shared set of bootstrap replicates of
 the test patients, which gives each run's interval, each arm's mean over seeds with its interval, and the paired
 differences between arms (``ecgfast.evaluate.metrics``).
 
 An encoder here is any module with ``features(x)`` ((B, L, T) -> (B, F)), ``n_features``, a ``classifier``
-Linear(F -> 1) and ``forward(x) = classifier(features(x))``, as the models of ``ecgfast.models`` are.
+Linear(F -> 1) and ``forward(x) = classifier(features(x))``, as the models of ``ecgfast.models`` are; a task of K
+classes replaces the classifier with a fresh Linear(F -> K).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import math
 import multiprocessing
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -34,13 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import auroc, bootstrap_counts, patient_scores, replicate_metric, seed_mean_interval
+from .metrics import bootstrap_counts, macro_auroc, patient_scores, replicate_metric, seed_mean_interval
 from .splits import (
     BOOTSTRAP_STREAM,
     ORDER_STREAM,
     LabelFraction,
     PatientSplit,
-    binary,
+    multi_hot,
     nested_fractions,
     patient_labels,
     rng,
@@ -62,7 +68,8 @@ class DownstreamConfig:
     """How the arms train and how they are scored.
 
     Training (every arm alike): Adam with the learning rates below, batches of ``batch_size`` records, BCE weighing
-    the positive class by negatives / positives. Validation AUROC every ``eval_every`` steps (None: once per epoch);
+    each class's positives by its negatives / positives. Validation (macro) AUROC every ``eval_every`` steps (None:
+    once per epoch);
     the best state is kept; a run stops after ``patience`` validations without improvement (None: never), at
     ``max_steps`` steps (None: no budget), or after ``epochs[i]`` epochs for ``fractions[i]`` (None: no cap; the
     paper's 70/50/30/20/20 with ``patience=None`` is its protocol).
@@ -135,20 +142,23 @@ class Evaluation:
 
     ``runs``: one row per task x arm x fraction x seed (results.csv). ``summary``: one row per task x fraction x
     arm, means over seeds with intervals. ``differences``: one row per task x fraction x comparison, the paired
-    difference arm_a - arm_b. ``predictions``: columns of every validation and test score (predictions.csv).
+    difference arm_a - arm_b. For a task of several classes these are of the macro AUROC (and the mean AUPRC).
+    ``classes``: one row per task x fraction x arm x class, that class's AUROC and AUPRC (classes.csv).
+    ``predictions``: columns of every validation and test score (predictions.csv).
     """
 
     runs: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
     differences: list[dict] = field(default_factory=list)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: list[dict] = field(default_factory=list)
 
     def __add__(self, other: Evaluation) -> Evaluation:
         keys = list(dict.fromkeys([*self.predictions, *other.predictions]))
         predictions = {k: np.concatenate([d[k] for d in (self.predictions, other.predictions) if k in d])
                        for k in keys}
         return Evaluation(self.runs + other.runs, self.summary + other.summary,
-                          self.differences + other.differences, predictions)
+                          self.differences + other.differences, predictions, self.classes + other.classes)
 
 
 def _as_reader(x: Windows) -> Callable[[np.ndarray], np.ndarray]:
@@ -163,8 +173,10 @@ def _as_reader(x: Windows) -> Callable[[np.ndarray], np.ndarray]:
 @torch.no_grad()
 def _predict(module: nn.Module, get: Callable[[np.ndarray], torch.Tensor], idx: np.ndarray,
              batch_size: int) -> np.ndarray:
+    """Logits (n, K) of the records ``idx``, in eval mode."""
     module.eval()
-    out = [module(get(idx[i:i + batch_size])).reshape(-1).float().cpu() for i in range(0, len(idx), batch_size)]
+    out = [module(get(idx[i:i + batch_size])).reshape(len(idx[i:i + batch_size]), -1).float().cpu()
+           for i in range(0, len(idx), batch_size)]
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -183,20 +195,26 @@ def train_downstream(module: nn.Module, optimizer: torch.optim.Optimizer, get: C
                      y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int,
                      config: DownstreamConfig, max_epochs: int | None = None,
                      val_metric: Callable[[np.ndarray], float] | None = None) -> dict:
-    """Train ``module`` (inputs -> (B, 1) logits) on ``train_idx`` under the config's rule; keep its best state.
+    """Train ``module`` (inputs -> (B, K) logits) on ``train_idx`` under the config's rule; keep its best state.
 
     ``get`` maps record indices to a batch of inputs on the device (signals, or cached features for the probes);
-    ``y`` holds every record's label. ``val_metric`` maps the validation records' scores to the number to maximise
-    (default: their AUROC). Returns ``val_auroc`` (the best), ``best_step``, ``steps``, ``epochs_run`` and
-    ``stopped_by`` ('patience', 'budget' or 'epochs'), and leaves the best state in ``module``.
+    ``y`` holds every record's label, (N,) or (N, K) for K classes. ``val_metric`` maps the validation records'
+    scores (n, K) to the number to maximise (default: their macro AUROC, see ``macro_auroc``). Each class's
+    positives weigh its negatives / positives in the BCE (1 for a class with a single outcome in training, which a
+    task of several classes may have). Returns ``val_auroc`` (the best), ``best_step``, ``steps``, ``epochs_run``
+    and ``stopped_by`` ('patience', 'budget' or 'epochs'), and leaves the best state in ``module``.
     """
+    y = multi_hot(y, "y")
     y_train = y[train_idx]
-    n_pos = int(y_train.sum())
-    if n_pos == 0 or n_pos == len(y_train):
-        raise ValueError(f"the training records hold a single class ({n_pos} positive of {len(y_train)})")
-    val_metric = val_metric or (lambda s: auroc(y[val_idx], s))
+    n_pos = y_train.sum(axis=0)
+    both = (n_pos > 0) & (n_pos < len(y_train))
+    if not both.any():
+        raise ValueError(f"the training records hold a single class ({int(n_pos[0])} positive of {len(y_train)})"
+                         if y.shape[1] == 1 else "no class has both outcomes among the training records")
+    val_metric = val_metric or (lambda s: macro_auroc(y[val_idx], s)[0])
     device = next(module.parameters()).device
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y_train) - n_pos) / n_pos, device=device))
+    weight = np.where(both, (len(y_train) - n_pos) / np.maximum(n_pos, 1), 1.0)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight, dtype=torch.float32, device=device))
     labels = torch.as_tensor(y, dtype=torch.float32, device=device)
     per_epoch = math.ceil(len(train_idx) / config.batch_size)
     eval_every = config.eval_every or per_epoch
@@ -220,7 +238,7 @@ def train_downstream(module: nn.Module, optimizer: torch.optim.Optimizer, get: C
         order = rng(seed, ORDER_STREAM, epoch).permutation(train_idx)
         for i in range(0, len(order), config.batch_size):
             batch = np.sort(order[i:i + config.batch_size])  # sorted: a store reads nearby records together
-            loss = loss_fn(module(get(batch)).reshape(-1), labels[batch])
+            loss = loss_fn(module(get(batch)).reshape(len(batch), -1), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -254,7 +272,7 @@ class _Task:
     """Everything a run of one task needs; worker processes inherit it at fork."""
 
     read: Callable[[np.ndarray], np.ndarray]
-    y: np.ndarray
+    y: np.ndarray  # int8 (N, K)
     pid: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray
@@ -273,7 +291,10 @@ class _Task:
 
     def encoder(self, seed: int, pretrained: bool) -> nn.Module:
         torch.manual_seed(seed)  # the random arm and the random probe start from the same encoder
-        model = self.encoder_factory().to(self.device)
+        model = self.encoder_factory()
+        if model.classifier.out_features != self.y.shape[1]:  # a head of K classes
+            model.classifier = nn.Linear(model.n_features, self.y.shape[1])
+        model = model.to(self.device)
         if pretrained:
             _load_pretrained(model, self.pretrained)
         return model
@@ -289,11 +310,11 @@ class _Task:
         y_val, pid_val = self.y[self.val_idx], self.pid[self.val_idx]
         if self.config.level == "patient":
             def patient_auroc(scores: np.ndarray) -> float:
-                _, labels, per_patient = patient_scores(pid_val, y_val, scores)
-                return auroc(labels, per_patient[0])
+                _, labels, per_patient = patient_scores(pid_val, y_val, scores[None])
+                return macro_auroc(labels, per_patient[0])[0]
 
             return patient_auroc
-        return lambda s: auroc(y_val, s)
+        return lambda s: macro_auroc(y_val, s)[0]
 
 
 def _fit(task: _Task, arm: str, seed: int, frac: LabelFraction, max_epochs: int | None) -> dict:
@@ -303,8 +324,11 @@ def _fit(task: _Task, arm: str, seed: int, frac: LabelFraction, max_epochs: int 
     train_idx = np.flatnonzero(np.isin(task.pid, frac.patients))
     scored = np.concatenate([task.val_idx, task.test_idx])
     if arm == "prevalence":
-        p = float(task.y[train_idx].mean())
-        logits = np.full(len(scored), math.log(p / (1 - p)))
+        # A class without one outcome in training (a task of several classes may have one) scores as if it had half
+        # a record of it: a finite logit.
+        n = len(train_idx)
+        p = np.clip(task.y[train_idx].mean(axis=0), 0.5 / n, 1 - 0.5 / n)
+        logits = np.tile(np.log(p / (1 - p)), (len(scored), 1))
         fit = {"val_auroc": 0.5, "best_step": 0, "steps": 0, "epochs_run": 0.0, "stopped_by": ""}
     else:
         if arm in PROBE_ARMS:
@@ -314,7 +338,7 @@ def _fit(task: _Task, arm: str, seed: int, frac: LabelFraction, max_epochs: int 
             mean, std = feats[train_idx].mean(0), feats[train_idx].std(0)
             feats = (feats - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))
             torch.manual_seed(seed)
-            module = nn.Linear(feats.shape[1], 1).to(task.device)
+            module = nn.Linear(feats.shape[1], task.y.shape[1]).to(task.device)
             get = lambda idx: feats[torch.as_tensor(idx, device=task.device)]  # noqa: E731
             optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr_probe)
         else:
@@ -390,32 +414,41 @@ def _interval(reps: np.ndarray, alpha: float) -> tuple[float, float]:
 
 def run_protocol(task: str, windows: Windows, labels: Sequence, patient_ids: Sequence, split: PatientSplit,
                  encoder_factory: Callable[[], nn.Module], *, pretrained: Mapping[str, torch.Tensor] | None = None,
-                 config: DownstreamConfig | None = None, record_ids: Sequence | None = None) -> Evaluation:
+                 config: DownstreamConfig | None = None, record_ids: Sequence | None = None,
+                 classes: Sequence[str] | None = None) -> Evaluation:
     """Run every arm x fraction x seed of one task; score them together.
 
     Args:
         task: the task's name, copied into the rows.
         windows: the labelled records' input windows, float32 (N, L, T), or a callable mapping record indices to
             them (e.g. ``lambda idx: store.read(idx)``).
-        labels: each record's 0/1 label.
+        labels: each record's 0/1 label (N,), or its labels of the task's K classes (N, K): one multi-label head.
         patient_ids: each record's patient.
         split: the patient split; each seed draws its label fractions from the split's training patients.
         encoder_factory: returns a fresh encoder (``features``, ``classifier``, ``forward``) on the CPU.
         pretrained: the pretrained encoder's state dict; needed by the ``frozen`` and ``finetuned`` arms.
         config: see DownstreamConfig.
         record_ids: each record's id, for predictions.csv (default: its index).
+        classes: the names of the K classes (default: ``(task,)`` for one class, else "0", "1", ...).
 
     Returns an ``Evaluation``. Its run rows hold ``task``, ``arm``, ``fraction``, ``seed``, ``val_auroc``,
     ``test_auroc`` (``_lo``, ``_hi``), ``test_auprc`` (``_lo``, ``_hi``), ``level``, ``n_train_patients``,
     ``n_train_positives``, ``enlarged``, ``same_as``, ``n_train_records``, ``best_step``, ``steps``,
-    ``epochs_run``, ``stopped_by`` and ``seconds``. A fraction whose patients equal a smaller one's (both enlarged
-    to ``min_positives``) is trained once and reported under both, ``same_as`` naming the smaller.
+    ``epochs_run``, ``stopped_by`` and ``seconds``; for several classes the AUROC is the macro AUROC and the AUPRC
+    the mean of the classes' AUPRCs, over the classes with both outcomes among the test records (``n_classes`` in
+    the summary; the others named in ``skipped_classes``). A fraction whose patients equal a smaller one's (both
+    enlarged to ``min_positives``) is trained once and reported under both, ``same_as`` naming the smaller.
     """
     config = config or DownstreamConfig()
     needs = [a for a in config.arms if a in PRETRAINED_ARMS]
     if pretrained is None and needs:
         raise ValueError(f"arms {needs} need a pretrained state dict")
-    y = binary(labels, "labels")
+    y = multi_hot(labels, "labels")
+    if classes is None:
+        classes = (task,) if y.shape[1] == 1 else tuple(str(k) for k in range(y.shape[1]))
+    classes = tuple(map(str, classes))
+    if len(classes) != y.shape[1]:
+        raise ValueError(f"classes names {len(classes)} classes, labels hold {y.shape[1]}")
     pid = np.asarray(patient_ids)
     if len(pid) != len(y):
         raise ValueError(f"patient_ids ({len(pid)}) and labels ({len(y)}) differ in length")
@@ -426,8 +459,9 @@ def run_protocol(task: str, windows: Windows, labels: Sequence, patient_ids: Seq
     train_patients, train_pos = patient_labels(pid[in_train], y[in_train])
     val_idx, test_idx = split.records(pid, "val"), split.records(pid, "test")
     for name, idx in (("validation", val_idx), ("test", test_idx)):
-        if len(np.unique(y[idx])) < 2:
-            raise ValueError(f"the {name} records of task {task!r} hold a single class")
+        if not (_both_outcomes(y[idx])).any():
+            raise ValueError(f"the {name} records of task {task!r} hold a single class"
+                             + ("" if y.shape[1] == 1 else " of each of its classes"))
     used = np.flatnonzero(np.isin(pid, split.patients))
     data = _Task(_as_reader(windows), y, pid, val_idx, test_idx, used, encoder_factory, pretrained, config)
     if "frozen" in config.arms:
@@ -459,15 +493,24 @@ def run_protocol(task: str, windows: Windows, labels: Sequence, patient_ids: Seq
                 val_scores.append(r["val_scores"])
                 test_scores.append(r["test_scores"])
     test_scores = np.stack(test_scores)
-    evaluation = _score(task, runs, test_scores, y[test_idx], pid[test_idx], config)
-    evaluation.predictions = _prediction_columns(runs, np.stack(val_scores), test_scores, y, pid, record_ids,
-                                                 val_idx, test_idx)
+    evaluation = _score(task, classes, runs, test_scores, y[test_idx], pid[test_idx], config)
+    evaluation.predictions = _prediction_columns(runs, classes, np.stack(val_scores), test_scores, y, pid,
+                                                 record_ids, val_idx, test_idx)
     return evaluation
 
 
-def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndarray, pid_test: np.ndarray,
-           config: DownstreamConfig) -> Evaluation:
-    """Every run's test AUROC and AUPRC on one shared set of bootstrap replicates; seed means; paired differences."""
+def _both_outcomes(y: np.ndarray) -> np.ndarray:
+    """Which classes (columns of y (n, K)) hold both outcomes."""
+    return (y == 1).any(axis=0) & (y == 0).any(axis=0)
+
+
+def _score(task: str, classes: tuple[str, ...], runs: list[dict], test_scores: np.ndarray, y_test: np.ndarray,
+           pid_test: np.ndarray, config: DownstreamConfig) -> Evaluation:
+    """Every run's test AUROC and AUPRC on one shared set of bootstrap replicates; seed means; paired differences.
+
+    Per class first (the classes with both outcomes among the test records), then their mean: the macro AUROC, on
+    each replicate the mean over the classes that replicate holds both outcomes of. One class: its own values.
+    """
     if config.level == "patient":
         pid_test, y_test, test_scores = patient_scores(pid_test, y_test, test_scores)
     counts = bootstrap_counts(pid_test, config.n_boot, config.boot_seed)
@@ -477,30 +520,46 @@ def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndar
         seed_counts = rng(config.boot_seed, BOOTSTRAP_STREAM, 1).multinomial(
             n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=config.n_boot).astype(np.float64)
     interval_over = "test patients and seeds" if seed_counts is not None else "test patients"
+    evaluated = np.flatnonzero(_both_outcomes(y_test))
+    skipped = ";".join(classes[c] for c in range(len(classes)) if c not in evaluated)
     ones = np.ones((1, len(y_test)))
-    stats = {}
+    stats, per_class = {}, {}
     for metric in ("auroc", "auprc"):
-        point = replicate_metric(metric, y_test, test_scores, ones)[:, 0]
-        reps = replicate_metric(metric, y_test, test_scores, counts)
-        stats[metric] = (point, reps)
-        for row, value, rep in zip(runs, point, reps):
+        point = np.stack([replicate_metric(metric, y_test[:, c], test_scores[:, :, c], ones)[:, 0]
+                          for c in evaluated])  # (C, M)
+        reps = np.stack([replicate_metric(metric, y_test[:, c], test_scores[:, :, c], counts)
+                         for c in evaluated])  # (C, M, R)
+        per_class[metric] = (point, reps)
+        with warnings.catch_warnings():  # a replicate without both outcomes of any class: NaN, dropped later
+            warnings.simplefilter("ignore", RuntimeWarning)
+            stats[metric] = (point.mean(axis=0), np.nanmean(reps, axis=0))
+        for row, value, rep in zip(runs, *stats[metric]):
             row[f"test_{metric}"] = float(value)
             row[f"test_{metric}_lo"], row[f"test_{metric}_hi"] = _interval(rep, config.alpha)
 
+    def seed_summary(values: np.ndarray, replicates: np.ndarray, metric: str, prefix: str) -> dict:
+        mean, lo, hi = seed_mean_interval(values, replicates, seed_counts, alpha=config.alpha)
+        return {f"{prefix}{metric}": mean, f"{prefix}{metric}_lo": lo, f"{prefix}{metric}_hi": hi,
+                f"{prefix}{metric}_seed_sd": _sd(values)}
+
     # Rows are arm-major, then fraction, then seed (run_protocol's loops): each (arm, fraction) is n_seeds rows.
     groups = {(r["arm"], r["fraction"]): slice(k, k + n_seeds) for k, r in enumerate(runs) if k % n_seeds == 0}
-    summary = []
+    summary, class_rows = [], []
     for (arm, fraction), rows in groups.items():
         first = runs[rows.start]
         row = {"task": task, "arm": arm, "fraction": fraction, "n_seeds": n_seeds}
         for metric, (point, reps) in stats.items():
-            mean, lo, hi = seed_mean_interval(point[rows], reps[rows], seed_counts, alpha=config.alpha)
-            row.update({f"test_{metric}": mean, f"test_{metric}_lo": lo, f"test_{metric}_hi": hi,
-                        f"test_{metric}_seed_sd": _sd(point[rows])})
+            row.update(seed_summary(point[rows], reps[rows], metric, "test_"))
         row.update({k: first[k] for k in ("level", "n_train_patients", "n_train_positives", "enlarged", "same_as")})
-        row["interval_over"] = interval_over
-        row["budget_hits"] = sum(r["stopped_by"] == "budget" for r in runs[rows])
+        row.update(n_classes=len(evaluated), skipped_classes=skipped, interval_over=interval_over,
+                   budget_hits=sum(r["stopped_by"] == "budget" for r in runs[rows]))
         summary.append(row)
+        for j, c in enumerate(evaluated):
+            row = {"task": task, "class": classes[c], "arm": arm, "fraction": fraction, "n_seeds": n_seeds,
+                   "n_test_positives": int(y_test[:, c].sum()), "n_test": len(y_test)}
+            for metric, (point, reps) in per_class.items():
+                row.update(seed_summary(point[j, rows], reps[j, rows], metric, "test_"))
+            class_rows.append({**row, "level": config.level, "interval_over": interval_over})
     differences = []
     for fraction in config.fractions:
         for arm_a, arm_b in COMPARISONS:
@@ -517,16 +576,19 @@ def _score(task: str, runs: list[dict], test_scores: np.ndarray, y_test: np.ndar
             row.update({"n_seeds": n_seeds, "level": config.level, "enlarged": runs[a.start]["enlarged"],
                         "same_as": runs[a.start]["same_as"], "interval_over": interval_over})
             differences.append(row)
-    return Evaluation(runs, summary, differences)
+    return Evaluation(runs, summary, differences, classes=class_rows)
 
 
-def _prediction_columns(runs, val_scores, test_scores, y, pid, record_ids, val_idx, test_idx) -> dict:
-    """predictions.csv as columns: one row per run x scored record (validation, then test)."""
+def _prediction_columns(runs, classes, val_scores, test_scores, y, pid, record_ids, val_idx, test_idx) -> dict:
+    """predictions.csv as columns: one row per run x scored record (validation, then test) x class."""
     idx = np.concatenate([val_idx, test_idx])
     part = np.array(["val"] * len(val_idx) + ["test"] * len(test_idx))
-    n = len(idx)
-    repeat = lambda key: np.repeat(np.array([r[key] for r in runs]), n)  # noqa: E731
-    return {"task": repeat("task"), "arm": repeat("arm"), "fraction": repeat("fraction"), "seed": repeat("seed"),
-            "record_id": np.tile(record_ids[idx], len(runs)), "patient_id": np.tile(pid[idx], len(runs)),
-            "split": np.tile(part, len(runs)), "label": np.tile(y[idx], len(runs)),
+    k = len(classes)
+    n = len(idx) * k
+    per_run = lambda key: np.repeat(np.array([r[key] for r in runs]), n)  # noqa: E731
+    per_record = lambda values: np.tile(np.repeat(values, k), len(runs))  # noqa: E731
+    return {"task": per_run("task"), "class": np.tile(np.array(classes), len(idx) * len(runs)),
+            "arm": per_run("arm"), "fraction": per_run("fraction"), "seed": per_run("seed"),
+            "record_id": per_record(record_ids[idx]), "patient_id": per_record(pid[idx]),
+            "split": per_record(part), "label": np.tile(y[idx].reshape(-1), len(runs)),
             "score": np.concatenate([val_scores, test_scores], axis=1).reshape(-1)}

@@ -1,8 +1,9 @@
 """What an evaluation leaves behind: the printed table, the CSV and JSON files, and the provenance of a run.
 
 ``write_results`` writes ``results.csv`` (one row per run), ``summary.csv`` (means over seeds with intervals),
-``differences.csv`` (paired differences between arms), ``predictions.csv`` (every validation and test score),
-``results.json`` (all of it, with the provenance block) and ``auroc.png``. ``provenance`` gathers what produced the
+``differences.csv`` (paired differences between arms), ``classes.csv`` (each class of each task),
+``predictions.csv`` (every validation and test score), ``results.json`` (all of it, with the provenance block) and
+``auroc.png``. ``provenance`` gathers what produced the
 numbers: the checkpoint and its hash, the store's identity, the split's hash, the code's version and commit, the
 command line.
 """
@@ -30,7 +31,10 @@ __all__ = ["format_table", "write_results", "write_predictions", "provenance", "
 RUN_COLUMNS = ("task", "arm", "fraction", "seed", "val_auroc", "test_auroc", "test_auroc_lo", "test_auroc_hi",
                "test_auprc", "test_auprc_lo", "test_auprc_hi")
 DIFF_COLUMNS = ("task", "fraction", "arm_a", "arm_b", "diff_auroc", "diff_lo", "diff_hi")
-PREDICTION_COLUMNS = ("task", "arm", "fraction", "seed", "record_id", "patient_id", "split", "label", "score")
+CLASS_COLUMNS = ("task", "class", "arm", "fraction", "test_auroc", "test_auroc_lo", "test_auroc_hi", "test_auprc",
+                 "test_auprc_lo", "test_auprc_hi", "n_test_positives", "n_test")
+PREDICTION_COLUMNS = ("task", "class", "arm", "fraction", "seed", "record_id", "patient_id", "split", "label",
+                      "score")
 
 
 def _percent(fraction: float) -> str:
@@ -52,8 +56,9 @@ def format_table(evaluation: Evaluation) -> str:
     """The printed summary: test AUROC (AUPRC) per arm, then the paired differences, one line per task x fraction.
 
     Means over seeds; the differences carry their 95% intervals (bootstrap over test patients, shared by every arm
-    and seed, and over seeds if the config resampled them). The footer says how many runs stopped at the step
-    budget rather than by early stopping.
+    and seed, and over seeds if the config resampled them). A task of several classes shows its macro AUROC (mean
+    AUPRC), then a table of its classes' AUROCs at its largest fraction, and names the classes it skipped. The
+    footer says how many runs stopped at the step budget rather than by early stopping.
     """
     summary, diffs = evaluation.summary, evaluation.differences
     if not summary:
@@ -91,6 +96,7 @@ def format_table(evaluation: Evaluation) -> str:
             lines.append(f"{task:<16} {_fraction_label(first):>7} " + " ".join(f"{c:>{width}}" for c in cells))
         over = " and ".join(sorted({d.get("interval_over", "test patients") for d in diffs}))
         lines.append(f"paired differences of test AUROC, mean over seeds [95% interval: bootstrap over {over}]")
+    lines += _class_lines(evaluation, arms)
     if any(r["enlarged"] for r in summary):
         lines.append("* enlarged to the minimum number of positive (and negative) patients")
     if any(r.get("same_as") is not None for r in summary):
@@ -104,6 +110,31 @@ def format_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _class_lines(evaluation: Evaluation, arms: Sequence[str]) -> list[str]:
+    """For each task of several classes: its classes' test AUROCs at its largest fraction, and what was skipped."""
+    lines = []
+    for task in sorted({r["task"] for r in evaluation.summary if r.get("n_classes", 1) > 1 or r.get(
+            "skipped_classes")}):
+        rows = [r for r in evaluation.classes if r["task"] == task]
+        fraction = max(r["fraction"] for r in evaluation.summary if r["task"] == task)
+        first = next(r for r in evaluation.summary if r["task"] == task)
+        cell = {(r["class"], r["arm"]): r for r in rows if r["fraction"] == fraction}
+        names = list(dict.fromkeys(r["class"] for r in rows))
+        width = max(16, *(len(n) for n in names)) if names else 16
+        lines += ["", f"{task}: test AUROC (AUPRC) per class at {_percent(fraction)} of the labels; the rows above "
+                      f"are its macro AUROC (mean AUPRC) over these {first['n_classes']} classes",
+                  f"{'class':<{width}} {'pos':>5} " + " ".join(f"{a:>14}" for a in arms),
+                  "-" * (width + 7 + 15 * len(arms))]
+        for name in names:
+            some = next(r for (c, _), r in cell.items() if c == name)
+            cells = [f"{r['test_auroc']:.3f} ({r['test_auprc']:.3f})" if (r := cell.get((name, a))) else "-"
+                     for a in arms]
+            lines.append(f"{name:<{width}} {some['n_test_positives']:>5} " + " ".join(f"{c:>14}" for c in cells))
+        if first.get("skipped_classes"):
+            lines.append(f"skipped (one outcome among the test records): {first['skipped_classes'].replace(';', ', ')}")
+    return lines
+
+
 def _write_csv(path: Path, rows: Sequence[Mapping], first: Sequence[str]) -> None:
     columns = list(dict.fromkeys([*first, *(k for r in rows for k in r)]))
     with open(path, "w", newline="") as f:
@@ -113,7 +144,8 @@ def _write_csv(path: Path, rows: Sequence[Mapping], first: Sequence[str]) -> Non
 
 
 def write_predictions(predictions: Mapping[str, np.ndarray], path: str | Path) -> Path:
-    """predictions.csv: task, arm, fraction, seed, record_id, patient_id, split, label, score (the logit)."""
+    """predictions.csv: task, class, arm, fraction, seed, record_id, patient_id, split, label, score (the logit),
+    one row per run x scored record x class of the task."""
     path = Path(path)
     columns = [np.asarray(predictions[c]) for c in PREDICTION_COLUMNS]
     n = len(columns[0])
@@ -132,22 +164,26 @@ def write_results(evaluation: Evaluation, run_dir: str | Path, *, provenance: Ma
 
     ``results.csv`` (one row per task x arm x fraction x seed), ``summary.csv`` (per task x fraction x arm, means
     over seeds with 95% intervals), ``differences.csv`` (``task, fraction, arm_a, arm_b, diff_auroc, diff_lo,
-    diff_hi`` and the same for AUPRC), ``predictions.csv``, ``results.json`` (``provenance``, ``runs``, ``summary``,
-    ``differences``) and, with ``plot``, ``auroc.png`` (``ecgfast.evaluate.plots.plot_results``).
+    diff_hi`` and the same for AUPRC), ``classes.csv`` (per task x class x arm x fraction: the class's AUROC and
+    AUPRC, means over seeds with 95% intervals), ``predictions.csv``, ``results.json`` (``provenance``, ``runs``,
+    ``summary``, ``differences``, ``classes``) and, with ``plot``, ``auroc.png``
+    (``ecgfast.evaluate.plots.plot_results``).
     """
     if not evaluation.runs:
         raise ValueError("no result rows to write")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: run_dir / f"{name}.csv" for name in ("results", "summary", "differences", "predictions")}
+    paths = {name: run_dir / f"{name}.csv" for name in ("results", "summary", "differences", "classes",
+                                                           "predictions")}
     _write_csv(paths["results"], evaluation.runs, RUN_COLUMNS)
     _write_csv(paths["summary"], evaluation.summary, ())
     _write_csv(paths["differences"], evaluation.differences, DIFF_COLUMNS)
+    _write_csv(paths["classes"], evaluation.classes, CLASS_COLUMNS)
     write_predictions(evaluation.predictions, paths["predictions"])
     paths["json"] = run_dir / "results.json"
     paths["json"].write_text(json.dumps({"provenance": dict(provenance or {}), "runs": evaluation.runs,
-                                         "summary": evaluation.summary, "differences": evaluation.differences},
-                                        indent=1, default=_json_default))
+                                         "summary": evaluation.summary, "differences": evaluation.differences,
+                                         "classes": evaluation.classes}, indent=1, default=_json_default))
     if plot:
         from .plots import plot_results
 
@@ -209,7 +245,8 @@ def provenance(*, checkpoint: str | Path | None = None, store=None, split: Patie
     if store is not None:
         block["store"] = dict(store) if isinstance(store, Mapping) else store_identity(store)
     if split is not None:
-        block["split"] = {"sha256": split.sha256, "seed": split.seed, "tasks": list(split.tasks),
+        block["split"] = {"sha256": split.sha256, "method": split.method, "seed": split.seed,
+                          "tasks": list(split.tasks),
                           "patients": {p: len(getattr(split, p)) for p in ("train", "val", "test")}}
     if config is not None:
         block["config"] = dict(config)

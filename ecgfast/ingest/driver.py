@@ -160,14 +160,15 @@ def _plan(src, format: str, reader_options: dict, source_name, labels, patients)
 # ---- step 2: the store and the resume point ------------------------------------------------------------------
 def _open_or_create(dest, lead_names, fs, n_samples, gain_uv, layout: dict, storage_options):
     """The store at ``dest`` if its rate, duration, leads and gain match, else a new one: (store, created)."""
-    from ecgfast.store import ECGStore
+    from ecgfast.store import DEFAULT_CODEC, ECGStore, check_codec
 
+    codec, level = layout.pop("codec"), layout.pop("compression_level")
     try:
         store = ECGStore.open(dest, mode="r+", storage_options=storage_options)
     except (ValueError, FileNotFoundError):
-        store = ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, **layout,
-                                threads=min(4, os.cpu_count() or 1), overwrite="incomplete",
-                                storage_options=storage_options)
+        store = ECGStore.create(dest, lead_names, fs, n_samples, gain_uv=gain_uv, codec=codec or DEFAULT_CODEC,
+                                compression_level=level, **layout, threads=min(4, os.cpu_count() or 1),
+                                overwrite="incomplete", storage_options=storage_options)
         return store, True
     found = (store.lead_names, store.fs, store.n_samples, store.gain_uv)
     if found != (tuple(lead_names), float(fs), n_samples, float(gain_uv)):
@@ -175,6 +176,13 @@ def _open_or_create(dest, lead_names, fs, n_samples, gain_uv, layout: dict, stor
         raise ValueError(f"store {dest} holds leads {found[0]} at {found[1]:g} Hz, {found[2]} samples, {found[3]:g} uV "
                          f"per unit; this ingest asks for {tuple(lead_names)} at {fs:g} Hz, {n_samples} samples, "
                          f"{gain_uv:g} uV per unit (--leads, --fs, --seconds, --gain-uv)")
+    if (codec is not None or level is not None) and store.codec is not None:
+        asked = (codec or store.codec[0], check_codec(codec or store.codec[0], level))
+        if asked != store.codec:
+            store.close()
+            raise ValueError(f"store {dest} holds records compressed with {store.codec[0]} level {store.codec[1]}; "
+                             f"this ingest asks for {asked[0]} level {asked[1]} (--codec, --compression-level): a "
+                             f"store keeps the codec it was created with")
     return store, False
 
 
@@ -333,18 +341,20 @@ def _finish(store, run: Run, p: _Plan, src, pending: list[int], split: bool, gai
     return records, rows
 
 
-def _check(fs, seconds, leads, gain_uv, workers, chunk_records, compression_level, labels, patients, reader_options):
+def _check(fs, seconds, leads, gain_uv, workers, chunk_records, codec, compression_level, labels, patients,
+           reader_options):
     """Every argument, before any work: a ValueError naming the argument (and its command-line option)."""
+    from ecgfast.store import DEFAULT_CODEC, check_codec
+
+    check_codec(codec or DEFAULT_CODEC, compression_level)
     if leads not in (8, 12):
         raise ValueError(f"leads (--leads) must be 8 or 12, got {leads!r}")
     for name, value in (("fs", fs), ("seconds", seconds), ("gain_uv", gain_uv)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a positive number, got {value!r}")
-    for name, value, low in (("workers", workers, 1), ("chunk_records", chunk_records, 1),
-                             ("compression_level", compression_level, 0)):
-        if not isinstance(value, int) or value < low or (name == "compression_level" and value > 9):
-            top = " to 9" if name == "compression_level" else " or more"
-            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer {low}{top}, got {value!r}")
+    for name, value in (("workers", workers), ("chunk_records", chunk_records)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer 1 or more, got {value!r}")
     if round(fs * seconds) < 1:
         raise ValueError(f"fs x seconds (--fs, --seconds) must give at least one sample, got {fs:g} Hz x {seconds:g} s")
     for kind, path in (("labels", labels), ("patients", patients)):
@@ -372,7 +382,8 @@ def ingest(
     strict: bool = False,
     workers: int = 1,
     chunk_records: int = 256,
-    compression_level: int = 3,
+    codec: str | None = None,
+    compression_level: int | None = None,
     storage_options: dict | None = None,
     progress: bool = True,
     **reader_options,
@@ -400,8 +411,9 @@ def ingest(
         strict: the first skipped record stops the run with a :class:`SkipRecord` (a ValueError).
         workers: processes that read, convert and compress (1: all in this process). Only this process writes,
             so every store (``memory://`` too) takes any number of workers.
-        chunk_records, compression_level: records per shard and Blosc zstd level of a store created here (level
-            1 encodes about 3x faster than the default 3 for 2.30x instead of 2.55x compression on CinC records).
+        chunk_records, codec, compression_level: records per shard, codec and its level of a store created here
+            (``ECGStore.create``; default: ``ecgfast.store.DEFAULT_CODEC`` at its default level). A store that
+            exists keeps its own codec: naming another one is a ValueError.
         storage_options: options of the fsspec filesystem behind ``dest`` (see ``ECGStore.create``).
         progress: show a progress bar (records/s and ETA).
         **reader_options: the format's own options (``ecgfast.ingest.formats.format_options()``): ``labels_from_dx``
@@ -409,7 +421,8 @@ def ingest(
     """
     started = time.perf_counter()
     format = canonical_format(format)
-    _check(fs, seconds, leads, gain_uv, workers, chunk_records, compression_level, labels, patients, reader_options)
+    _check(fs, seconds, leads, gain_uv, workers, chunk_records, codec, compression_level, labels, patients,
+           reader_options)
     if not Path(src).exists():
         raise ValueError(f"source {src} does not exist")
     store_leads = LEADS12 if leads == 12 else LEADS8
@@ -424,7 +437,7 @@ def ingest(
 
     # Step 2: the store and the resume point.
     store, created = _open_or_create(dest, store_leads, fs, n_samples, gain_uv,
-                                     dict(chunk_records=chunk_records, compression_level=compression_level),
+                                     dict(chunk_records=chunk_records, codec=codec, compression_level=compression_level),
                                      storage_options)
     if store.record_codec() is None:
         raise ValueError(f"store {dest}: its signals layout is not one that ingest writes")

@@ -1,8 +1,8 @@
 """Contrastive losses without the N x N matrix: CLOCS, SupCon, NT-Xent and CLIP, as functions and nn.Modules.
 
 Each loss takes embeddings (N, V, d) (CLIP: two (N, d) towers), keyword-only options, and returns a scalar.
-``backend="auto"`` runs the Triton kernels (``ecgfast.kernels``) on CUDA tensors and the chunked PyTorch path
-(``ecgfast.losses.chunked``) elsewhere; ``ecgfast.losses.reference`` holds plain materialized versions.
+``backend="auto"`` runs the Triton kernels (``ecgfast.kernels``) on CUDA GPUs from sm_80 and the chunked PyTorch
+path (``ecgfast.losses.chunked``) elsewhere; ``ecgfast.losses.reference`` holds plain materialized versions.
 """
 
 from __future__ import annotations

@@ -4,17 +4,19 @@ The N x N work (the log-sum-exps) goes to a backend; the positive terms are line
 their gradients come from per-sample and per-patient sums of the embeddings in O(N V^2 d), here, once for both
 backends. Everything runs in fp32 on the embeddings as the primitives see them (normalized in fp32, cast back to
 the input dtype).
+
+No call here waits for the GPU (the patient grouping sorts instead of ``torch.unique``, whose output size the host
+would have to read), so a training step can be captured in a CUDA graph; only ``gather=True`` reads each rank's
+batch size (``_gather.all_gather``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ._dispatch import primitive
 from ._gather import all_gather
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from . import _numerics
 
 
 def _check_embeddings(x: torch.Tensor, name: str, dim: int) -> None:
@@ -22,7 +24,7 @@ def _check_embeddings(x: torch.Tensor, name: str, dim: int) -> None:
         shape = "(N, V, d)" if dim == 3 else "(N, d)"
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a tensor of shape {shape}, got {got}")
-    if x.dtype not in _DTYPES:
+    if x.dtype not in _numerics.DTYPES:
         raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
     if x.shape[0] < 1 or x.shape[-1] < 1:
         raise ValueError(f"{name} must hold at least one sample with at least one feature, got {tuple(x.shape)}")
@@ -52,30 +54,30 @@ def _scale(value, name: str, *, invert: bool):
     return 1.0 / value if invert else value
 
 
-def _normalized(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x.float(), dim=-1).to(x.dtype)
-
-
 def _patients(patient_id: torch.Tensor):
-    """(inverse, counts): each sample's patient as an index 0..G-1, and each patient's number of samples."""
-    _, inverse, counts = torch.unique(patient_id, return_inverse=True, return_counts=True)
-    return inverse, counts
-
-
-def _later_same_patient(inverse: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """For each i, the number of j > i with the same patient."""
-    order = torch.argsort(inverse, stable=True)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(inverse)
-    rank[order] = torch.arange(inverse.shape[0], device=inverse.device) - first[inverse[order]]
-    return counts[inverse] - 1 - rank
+    """(inverse, counts, later): each sample's patient as an index in 0..N-1, the number of samples of each index
+    (zero for unused ones), and for each sample i the number of j > i of the same patient. Fixed sizes throughout,
+    so nothing waits for the device."""
+    n = patient_id.shape[0]
+    ids, order = torch.sort(patient_id, stable=True)  # stable: a patient's samples stay in index order
+    first = torch.ones(n, dtype=torch.bool, device=ids.device)
+    first[1:] = ids[1:] != ids[:-1]
+    group = torch.cumsum(first, 0) - 1
+    position = torch.arange(n, device=ids.device)
+    rank = position - torch.cummax(torch.where(first, position, 0), 0).values  # place within the patient
+    counts = torch.zeros_like(group).index_add_(0, group, torch.ones_like(group))
+    inverse = torch.empty_like(group)
+    inverse[order] = group
+    later = torch.empty_like(group)
+    later[order] = counts[group] - 1 - rank
+    return inverse, counts, later
 
 
 def _prepare(z, patient_id, *, gather: bool, normalize: bool):
     if gather:
         z = all_gather(z)
         patient_id = all_gather(patient_id) if patient_id is not None else None
-    return (_normalized(z) if normalize else z), patient_id
+    return (_numerics.normalize(z) if normalize else z), patient_id
 
 
 def clocs_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto", gather=False, deterministic=False):
@@ -90,8 +92,9 @@ def clocs_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto"
         z: (N, V, d) embeddings, V >= 2 views (copy-major), fp32, fp16 or bf16.
         patient_id: (N,) integer patient of each sample; samples of one patient are positives of each other.
         temperature: tau, a positive float or a one-element tensor (gets its gradient when it requires one).
-        normalize: L2-normalize z along d first (in fp32).
-        backend: "auto" (Triton for CUDA tensors, else "torch"), "triton" or "torch" (the chunked path).
+        normalize: L2-normalize z along d first (in fp32); a zero row stays zero and passes its gradient through
+            unchanged (``ecgfast.losses._numerics.normalize``).
+        backend: "auto" (Triton on CUDA GPUs from sm_80, else "torch"), "triton" or "torch" (the chunked path).
         gather: under torch.distributed, all-gather z and patient_id with gradient so that negatives span the
             global batch; the loss equals the single-process loss on the concatenated batch on every rank, and
             DDP's averaged gradients equal that single process's gradients.
@@ -113,17 +116,17 @@ def clocs_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto"
     zf = z.float()
     same_sample = torch.bmm(zf, zf.transpose(1, 2))[:, a, b].T  # (P, N): <z_i^a, z_i^b>
     total = (row.sum() + col.sum() - 2 * scale * same_sample.sum()) / n
-    inverse, counts = _patients(patient_id)
-    n_pairs = int((counts * (counts - 1)).sum()) // 2
-    if n_pairs:
-        # sum over i != j of one patient of <z_i^a, z_j^b> = sum_g <A_g, B_g> - sum_i <z_i^a, z_i^b>, A_g and B_g
-        # the patient's sums of views a and b. The rows and columns enter once per later same-patient sample.
-        per_patient = zf.new_zeros((counts.shape[0], *zf.shape[1:])).index_add_(0, inverse, zf)
-        cross_patient = torch.bmm(per_patient, per_patient.transpose(1, 2))[:, a, b].sum()
-        later = _later_same_patient(inverse, counts).to(row.dtype)
-        off_diagonal = cross_patient - same_sample.sum()
-        total = total + ((row + col) @ later).sum() / n_pairs - scale * off_diagonal / n_pairs
-    n_terms = 4 if n_pairs else 2
+    inverse, counts, later = _patients(patient_id)
+    n_pairs = (counts * (counts - 1)).sum() // 2
+    # sum over i != j of one patient of <z_i^a, z_j^b> = sum_g <A_g, B_g> - sum_i <z_i^a, z_i^b>, A_g and B_g the
+    # patient's sums of views a and b. The rows and columns enter once per later same-patient sample. Computed
+    # whether or not some patient has two samples (a tensor condition, not a host branch), then kept or dropped.
+    per_patient = torch.zeros_like(zf).index_add_(0, inverse, zf)
+    cross_patient = torch.bmm(per_patient, per_patient.transpose(1, 2))[:, a, b].sum()
+    off_diagonal = cross_patient - same_sample.sum()
+    patient_terms = (((row + col) @ later.to(row.dtype)).sum() - scale * off_diagonal) / n_pairs.clamp(min=1)
+    total = total + torch.where(n_pairs > 0, patient_terms, 0.0)
+    n_terms = torch.where(n_pairs > 0, 4.0, 2.0)
     return total / (n_terms * a.shape[0])
 
 
@@ -149,10 +152,10 @@ def supcon_loss(z, patient_id, *, temperature=0.1, normalize=True, backend="auto
     n, v, d = z.shape
     x = z.reshape(n * v, d)
     lse = self_(x, scale, deterministic=deterministic)
-    inverse, counts = _patients(patient_id)
+    inverse, counts, _ = _patients(patient_id)
     inverse = inverse.repeat_interleave(v)
     xf = x.float()
-    per_patient = xf.new_zeros((counts.shape[0], d)).index_add_(0, inverse, xf)
+    per_patient = xf.new_zeros((n, d)).index_add_(0, inverse, xf)
     n_pos = counts[inverse] * v - 1
     positive_mean = scale * ((per_patient[inverse] - xf) * xf).sum(1) / n_pos.clamp(min=1)
     per_anchor = torch.where(n_pos > 0, lse - positive_mean, 0.0)

@@ -12,11 +12,13 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from . import _numerics
+
 
 def clocs_loss(z: torch.Tensor, patient_id: torch.Tensor, *, temperature=0.1, normalize: bool = True) -> torch.Tensor:
     """CLOCS over every view pair a < b of z (N, V, d); see ``ecgfast.losses.clocs_loss``."""
     if normalize:
-        z = F.normalize(z, dim=-1)
+        z = _numerics.normalize(z)
     n, v, _ = z.shape
     same = patient_id[:, None] == patient_id[None, :]
     idx = torch.arange(n, device=z.device)
@@ -40,7 +42,7 @@ def clocs_loss(z: torch.Tensor, patient_id: torch.Tensor, *, temperature=0.1, no
 def supcon_loss(z: torch.Tensor, patient_id: torch.Tensor, *, temperature=0.1, normalize: bool = True) -> torch.Tensor:
     """SupCon L_out over the N x V views of z (N, V, d); see ``ecgfast.losses.supcon_loss``."""
     if normalize:
-        z = F.normalize(z, dim=-1)
+        z = _numerics.normalize(z)
     n, v, d = z.shape
     x = z.reshape(n * v, d)
     pid = patient_id.repeat_interleave(v)
@@ -57,7 +59,7 @@ def supcon_loss(z: torch.Tensor, patient_id: torch.Tensor, *, temperature=0.1, n
 def ntxent_loss(z: torch.Tensor, *, temperature=0.1, normalize: bool = True) -> torch.Tensor:
     """SimCLR NT-Xent over the 2N x 2N logits of z (N, 2, d), self excluded; see ``ecgfast.losses.ntxent_loss``."""
     if normalize:
-        z = F.normalize(z, dim=-1)
+        z = _numerics.normalize(z)
     n = z.shape[0]
     x = torch.cat([z[:, 0], z[:, 1]])
     eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
@@ -69,7 +71,7 @@ def ntxent_loss(z: torch.Tensor, *, temperature=0.1, normalize: bool = True) -> 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, *, logit_scale, normalize: bool = True) -> torch.Tensor:
     """Symmetric two-tower cross-entropy of a, b (N, d); see ``ecgfast.losses.clip_loss``."""
     if normalize:
-        a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+        a, b = _numerics.normalize(a), _numerics.normalize(b)
     logits = logit_scale * a @ b.T
     labels = torch.arange(a.shape[0], device=a.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
