@@ -13,6 +13,9 @@ from .protocol import ARMS, COMPARISONS, Evaluation
 
 __all__ = ["plot_results", "plot_embedding", "plot_views", "pca_2d"]
 
+# The comparisons' colours, apart from the arms' own (tab:red, tab:orange, tab:blue, tab:green).
+DIFF_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
 
 def _pyplot():
     import matplotlib
@@ -85,7 +88,7 @@ def plot_results(evaluation: Evaluation, path: str | Path) -> Path:
             x = [v * shift for v in x]
             y = np.array([d["diff_auroc"] for d in rows])
             err = np.array([y - [d["diff_lo"] for d in rows], [d["diff_hi"] for d in rows] - y])
-            bottom.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, lw=1, color=f"C{k}",
+            bottom.errorbar(x, y, yerr=err, marker="os^vD"[k], ms=4, capsize=2, lw=1, color=DIFF_COLORS[k],
                             label=f"{arm_a} - {arm_b}")
         bottom.axhline(0.0, color="k", lw=0.8)
         for ax in (top, bottom):
@@ -132,7 +135,8 @@ def plot_embedding(features: Mapping[str, np.ndarray], labels: Mapping[str, np.n
         for j, task in enumerate(tasks):
             ax, y = axes[i][j], np.asarray(labels[task], dtype=np.float64)
             unknown, neg, pos = np.isnan(y), y == 0, y == 1
-            ax.scatter(*xy[unknown].T, s=3, c="0.85", label="no label")
+            if unknown.any():
+                ax.scatter(*xy[unknown].T, s=3, c="0.85", label="no label")
             ax.scatter(*xy[neg].T, s=5, c="tab:blue", alpha=0.5, label="negative")
             ax.scatter(*xy[pos].T, s=7, c="tab:red", alpha=0.8, label="positive")
             ax.set_title(f"{name} encoder: {task}", fontsize=10)
