@@ -174,7 +174,8 @@ def _verify(args, storage_options) -> int:
     if problems:
         print(f"{args.store}: {len(problems)} problems", *(f"  {p}" for p in problems), sep="\n")
         return 1
-    checks = "CRC-32C and decoding" if store.record_codec() and store.record_codec().checksum else "decoding"
+    codec = store.record_codec()
+    checks = "CRC-32C and decoding" if codec and codec.checksum else "decoding"
     print(f"{args.store}: ok ({len(store):,} records in {shards:,} shard{'s' * (shards != 1)}; indexes, {checks} of "
           f"every record checked)")
     return 0
@@ -184,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "compression_level", None) is not None:  # its range depends on --codec
-        from ecgfast.store import CODECS, DEFAULT_CODEC
+        from ecgfast.store import DEFAULT_CODEC, check_codec
 
-        codec = args.codec or DEFAULT_CODEC
-        if args.compression_level > CODECS[codec][1]:
-            parser.error(f"argument --compression-level: {args.compression_level} is not from 0 to "
-                         f"{CODECS[codec][1]} ({codec})")
+        try:
+            check_codec(args.codec or DEFAULT_CODEC, args.compression_level)
+        except ValueError as err:
+            parser.error(str(err))
     storage_options = dict(args.storage_option) or None
     try:
         if args.command == "synth":

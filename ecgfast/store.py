@@ -912,8 +912,7 @@ class ECGStore:
         """The entries of the state group ``name`` (entry name -> attributes); empty when there is no group."""
         if name not in self._group:
             return {}
-        group = self._group[name]
-        return {entry: group[entry].attrs.asdict() for entry in group.group_keys()}
+        return {entry: group.attrs.asdict() for entry, group in self._group[name].groups()}
 
     def begin_state(self, name: str, attrs: Mapping) -> None:
         """Create the state group ``name`` (replacing any) with ``attrs``, in one object write: a run killed at any

@@ -62,7 +62,7 @@ def test_ingest_whose_every_record_is_skipped_fails_with_the_counts_and_reasons(
 @pytest.mark.parametrize("argv, says", [
     (["ingest", "SRC", "D", "--workers", "0"], "argument --workers: 0 is not at least 1"),
     (["ingest", "SRC", "D", "--codec", "blosc-zstd", "--compression-level", "12"],
-     "argument --compression-level: 12 is not from 0 to 9 (blosc-zstd)"),
+     "compression_level (--compression-level) of blosc-zstd must be an integer from 0 to 9, got 12"),
     (["ingest", "SRC", "D", "--fs", "-5"], "argument --fs: -5 is not a positive number"),
     (["ingest", "SRC", "D", "--format", "edf"], "argument --format: invalid choice: 'edf'"),
     (["ingest", "SRC", "D", "--storage-option", "anon"], "argument --storage-option: 'anon' is not key=value"),
@@ -155,6 +155,7 @@ def test_verify_passes_a_good_store_and_names_a_damaged_shard(data_dir, tmp_path
     ingest(data_dir / "cinc2021", dest, chunk_records=16, progress=False)
     assert main(["verify", str(dest), "--no-progress"]) == 0
     assert "ok (50 records in 4 shards;" in capsys.readouterr().out
+    record_40 = ECGStore.open(dest).read([40])
     shard = dest / "signals" / "c" / "2" / "0" / "0"
     data = bytearray(shard.read_bytes())
     data[100] ^= 0x04
@@ -163,7 +164,7 @@ def test_verify_passes_a_good_store_and_names_a_damaged_shard(data_dir, tmp_path
     out = capsys.readouterr().out
     assert f"shard {shard} (records 32-47)" in out and "CRC-32C" in out
     assert main(["info", str(dest)]) == 0  # info reads no signals
-    np.testing.assert_array_equal(ECGStore.open(dest).read([40]), ECGStore.open(dest).read_block(40, 41))
+    np.testing.assert_array_equal(ECGStore.open(dest).read([40]), record_40)  # the shard's other records still read
     with pytest.raises(ValueError, match="records 32-47"):  # the flipped byte lies in record 32's chunk
         ECGStore.open(dest).read([40, 32])
 

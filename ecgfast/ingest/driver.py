@@ -219,8 +219,8 @@ def _resume_point(store, key: dict, p: _Plan, src, dest) -> tuple[Run | None, li
     """The run to go on with (this command's unfinished one, else a new one; None when nothing is pending) and the
     pending items in storing order: not those the store held, or had skipped, before the run began."""
     state = Run.unfinished(store)
-    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(store.report["level"]))
     report = store.report
+    base, report_base = (state["base"], state["report_base"]) if state else (len(store), len(report["level"]))
     done_before = set(store.record_ids[:base].tolist())
     done_before |= {rid for rid, level in zip(report["record_id"][:report_base], report["level"][:report_base])
                     if level == "skip"}
