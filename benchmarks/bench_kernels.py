@@ -46,8 +46,7 @@ def _run(benchmark, name, n, v, d, dtype, device, reps):
         z.grad = None
         call(name, z, patient_id).backward()
 
-    seconds = seconds_per_call(step, reps)
-    rounds = benchmark.pedantic(lambda: seconds_per_call(step, reps, warmup=0), rounds=1, iterations=1)
+    seconds = benchmark.pedantic(seconds_per_call, args=(step, reps), rounds=1, iterations=1)
     effective = 6 * logits(name, n, v) * d / seconds
     row = dict(loss=name, n=n, v=v, d=d, dtype=str(dtype).removeprefix("torch."), ms=seconds * 1e3,
                effective_tflops=effective / 1e12,
@@ -57,7 +56,7 @@ def _run(benchmark, name, n, v, d, dtype, device, reps):
     if name == "clip" and CUDA:
         other = inf_cl_seconds(z, reps)
         row["vs_inf_cl"] = other / seconds if other else None
-    benchmark.extra_info.update(row, round_seconds=rounds)
+    benchmark.extra_info.update(row)
     ROWS.append(row)
 
 

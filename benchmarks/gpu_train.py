@@ -99,7 +99,9 @@ def main() -> None:
     x = torch.randn(shape, device=device)
     patient_id = torch.arange(args.batch, device=device)
 
-    def step() -> float:
+    last = {}
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             z = embed(x)
         loss = clocs_loss(z, patient_id, temperature=0.1, backend=BACKEND)
@@ -107,7 +109,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        return loss.detach()
+        last["loss"] = loss.detach()
 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     start = time.perf_counter()
@@ -116,7 +118,7 @@ def main() -> None:
     sync()
     warmup_s = time.perf_counter() - start
     step_s = seconds_per_call(step, args.steps, warmup=0)  # CUDA events around the steps, one synchronization
-    loss = step()
+    loss = last["loss"]
 
     result = {
         "device": name, "device_label": info["label"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

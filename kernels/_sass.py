@@ -5,7 +5,7 @@ exponentials) and follows every path through one iteration: the one with the few
 path, the one with the most the running-max path. Per path it counts tensor-core instructions and their FLOPs,
 MUFU.EX2, fp32 atomics (REDG) and all instructions.
 
-``estimate`` turns those per-tile counts into cycles on an SM with a simple resource model, and is labelled an
+``tile_cycles`` and ``pass_seconds`` turn those per-tile counts into cycles on an SM with a simple resource model, and is labelled an
 estimate wherever it is shown: H100 SXM figures (132 SMs at 1.83 GHz: 4,096 dense 16-bit tensor FLOPs, 16 MUFU
 results and 4 warp instructions issued per clock and SM; L2 about 5.5 TB/s; fp32 reductions into L2 assumed at 3
 TB/s, a guess: NVIDIA publishes no figure). A tile's tensor work waits for its wgmma before the exponentials (the

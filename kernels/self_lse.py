@@ -105,7 +105,7 @@ class SelfLSE(torch.autograd.Function):
         hi, lo, sigma, split = operands(x)
         sc = scalars(x, scale, sigma)
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
-        sums = torch.zeros(n, dtype=torch.float32, device=x.device)
+        sums = torch.zeros(0 if deterministic else n, dtype=torch.float32, device=x.device)  # the atomics' target
         tiles = _tiles.choose("fwd", x)
         launch_rows(_self_fwd, n, tiles.BM, (), hi, lo, lse, sums, sc, n, d, x.stride(0), ATOMIC=not deterministic,
                     **launch_options(x, tiles, split))

@@ -177,6 +177,7 @@ def test_only_the_normalized_embeddings_are_kept_for_the_backward(backend, name)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = _call(name, losses, z, torch.arange(64) // 2, 10.0, backend=backend)
     input_bytes = z.numel() * z.element_size()
+    print(f"{name} ({backend}): saved for the backward {sum(saved.values()) / input_bytes:.2f}x the input's bytes")
     assert sum(saved.values()) <= 2.2 * input_bytes  # the input itself, its normalized copy, O(N) vectors
     assert not [k for k, b in saved.items() if k[1] == torch.float32 and b >= input_bytes]
     loss.backward()

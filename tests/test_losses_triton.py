@@ -63,7 +63,9 @@ def test_fp16_gradients_of_tiny_upstream_gradients(name, dot_operands):
         (loss * 3e-3).backward()
         grads.append(x.grad.double())
     got, want = grads
-    assert (got - want).abs().max() <= 1e-2 * want.abs().max()
+    error = float((got - want).abs().max() / want.abs().max())
+    print(f"{name}: fp16 gradient error relative to the largest float64 entry {error:.2e}")  # BENCHMARKS.md, -s
+    assert error <= 1e-2
     assert set(dot_operands) == {"fp16"}
 
 
@@ -72,14 +74,14 @@ def test_losses_never_wait_for_the_device(monkeypatch):
     # no call from ecgfast's own code reads a tensor on the host (the interpreter's own copies are not ours).
     ours = (str(Path(losses.__file__).parent), str(Path(kernels_check.__file__).parent))
 
-    def guarded(name):
-        original = getattr(torch.Tensor, name)
+    def guarded(owner, name):
+        original = getattr(owner, name)
 
-        def method(self, *args, **kwargs):
+        def method(*args, **kwargs):
             caller = sys._getframe(1).f_code.co_filename
             if caller.startswith(ours):
-                raise AssertionError(f"Tensor.{name} called from {caller}:{sys._getframe(1).f_lineno}")
-            return original(self, *args, **kwargs)
+                raise AssertionError(f"{name} called from {caller}:{sys._getframe(1).f_lineno}")
+            return original(*args, **kwargs)
 
         return method
 
@@ -91,8 +93,11 @@ def test_losses_never_wait_for_the_device(monkeypatch):
              lambda: losses.ntxent_loss(z, temperature=tau, backend="triton"),
              lambda: losses.clip_loss(z[:, 0], z[:, 1], logit_scale=1 / tau, backend="triton")]
     with monkeypatch.context() as m:
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
-            m.setattr(torch.Tensor, name, guarded(name))
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "nonzero",
+                     "unique", "masked_select"):
+            m.setattr(torch.Tensor, name, guarded(torch.Tensor, name))
+        for name in ("unique", "nonzero", "masked_select", "unique_consecutive"):  # output sizes the host must learn
+            m.setattr(torch, name, guarded(torch, name))
         for call in calls:
             call().backward()
     assert z.grad.isfinite().all() and tau.grad.isfinite()
@@ -118,6 +123,8 @@ def test_clocs_work_per_view_pair(kernel_work, deterministic):
     loss.backward()
     backward = dict(kernel_work)
     unit = n * n * d
+    print(f"deterministic={deterministic}: forward {forward['flops'] / unit:.3f} N^2 d, backward "
+          f"{backward['flops'] / unit:.3f} N^2 d, exps {(forward['exps'] + backward['exps']) / (n * n):.3f} N^2")
     if deterministic:
         assert forward["flops"] == 4 * unit and backward["flops"] == 8 * unit
         return
