@@ -26,8 +26,7 @@ from devices import device_info, free_gb, seconds_per_call, use_checkout
 
 use_checkout()
 
-from loss_cases import (call, inf_cl_seconds, inputs, kernel_flops, logits, memory_gb,  # noqa: E402
-                        reference_seconds)
+from loss_cases import measure, memory_gb  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 # pytest-benchmark's own table, in a group of its own: seconds per round of repeated calls, per case.
@@ -40,22 +39,8 @@ ROWS = []
 
 
 def _run(benchmark, name, n, v, d, dtype, device, reps):
-    z, patient_id = inputs(n, v, d, dtype, device)
-
-    def step():
-        z.grad = None
-        call(name, z, patient_id).backward()
-
-    seconds = benchmark.pedantic(seconds_per_call, args=(step, reps), rounds=1, iterations=1)
-    effective = 6 * logits(name, n, v) * d / seconds
-    row = dict(loss=name, n=n, v=v, d=d, dtype=str(dtype).removeprefix("torch."), ms=seconds * 1e3,
-               effective_tflops=effective / 1e12,
-               kernel_tflops=kernel_flops(name, n, v, d) / seconds / 1e12 if CUDA else None)
-    ref, _ = reference_seconds(name, z, patient_id, reps)
-    row["vs_reference"] = ref / seconds if ref else None
-    if name == "clip" and CUDA:
-        other = inf_cl_seconds(z, reps)
-        row["vs_inf_cl"] = other / seconds if other else None
+    row = measure(name, n, v, d, dtype, device, reps,
+                  timed=lambda step: benchmark.pedantic(seconds_per_call, args=(step, reps), rounds=1, iterations=1))
     benchmark.extra_info.update(row)
     ROWS.append(row)
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devices import ROOT, device_info, free_gb, seconds_per_call, use_checkout  # noqa: E402
+from devices import ROOT, device_info, free_gb, use_checkout  # noqa: E402
 
 CASES = [("clocs", 2, 128), ("clocs", 4, 128), ("supcon", 2, 128), ("ntxent", 2, 128), ("clip", 2, 128),
          ("clip", 2, 512)]
@@ -37,7 +37,7 @@ CASES = [("clocs", 2, 128), ("clocs", 4, 128), ("supcon", 2, 128), ("ntxent", 2,
 
 def time_all(sizes, device, reps):
     import torch
-    from loss_cases import call, inf_cl_seconds, inputs, kernel_flops, logits, memory_gb, reference_seconds
+    from loss_cases import measure, memory_gb
 
     rows = []
     for n in sizes:
@@ -47,25 +47,7 @@ def time_all(sizes, device, reps):
             if need > 0.8 * free:
                 rows.append(dict(loss=name, n=n, v=v, d=d, skipped=f"needs about {need:.1f} GB, {free:.1f} free"))
                 continue
-            z, patient_id = inputs(n, v, d, torch.bfloat16 if device == "cuda" else torch.float32, device)
-
-            def step():
-                z.grad = None
-                call(name, z, patient_id).backward()
-
-            seconds = seconds_per_call(step, reps)
-            row = dict(loss=name, n=n, v=v, d=d, ms=seconds * 1e3,
-                       effective_tflops=6 * logits(name, n, v) * d / seconds / 1e12,
-                       kernel_tflops=kernel_flops(name, n, v, d) / seconds / 1e12)
-            ref, why = reference_seconds(name, z, patient_id, reps)
-            row.update(reference_ms=ref * 1e3 if ref else None, reference_note=why,
-                       speedup_vs_reference=ref / seconds if ref else None)
-            if name == "clip" and device == "cuda":
-                other = inf_cl_seconds(z, reps)
-                row.update(inf_cl_ms=other * 1e3 if other else None,
-                           speedup_vs_inf_cl=other / seconds if other else None)
-            rows.append(row)
-            del z
+            rows.append(measure(name, n, v, d, torch.bfloat16 if device == "cuda" else torch.float32, device, reps))
             if device == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -82,10 +64,11 @@ def print_table(info, checks, timings):
         if "skipped" in r:
             print(f"{r['loss']:7} {r['n']:>7} {r['v']:>2} {r['d']:>4} skipped: {r['skipped']}")
             continue
-        ref = f"{r['speedup_vs_reference']:.1f}" if r["speedup_vs_reference"] else "-"
-        inf = f"{r['speedup_vs_inf_cl']:.2f}" if r.get("speedup_vs_inf_cl") else "-"
+        ref = f"{r['vs_reference']:.1f}" if r["vs_reference"] else "-"
+        inf = f"{r['vs_inf_cl']:.2f}" if r.get("vs_inf_cl") else "-"
+        kernel = f"{r['kernel_tflops']:.1f}" if r["kernel_tflops"] is not None else "-"
         print(f"{r['loss']:7} {r['n']:>7} {r['v']:>2} {r['d']:>4} {r['ms']:9.3f} {r['effective_tflops']:12.1f} "
-              f"{r['kernel_tflops']:14.1f} {ref:>11} {inf:>8}")
+              f"{kernel:>14} {ref:>11} {inf:>8}")
 
 
 def main(argv=None):

@@ -90,3 +90,26 @@ def inf_cl_seconds(z, reps):
          / 2).backward()
 
     return seconds_per_call(step, reps)
+
+
+def measure(name, n, v, d, dtype, device, reps, timed=None):
+    """One case, forward + backward, timed beside the reference (and Inf-CL on CLIP on a GPU): a row of ms,
+    effective TFLOP/s, the kernels' own TFLOP/s (on a GPU; None where the chunked path runs), the reference's
+    time and its ratio to ours. ``timed(step)`` gives the seconds per call (default ``seconds_per_call``)."""
+    z, patient_id = inputs(n, v, d, dtype, device)
+
+    def step():
+        z.grad = None
+        call(name, z, patient_id).backward()
+
+    seconds = timed(step) if timed else seconds_per_call(step, reps)
+    cuda = torch.device(device).type == "cuda"
+    row = dict(loss=name, n=n, v=v, d=d, dtype=str(dtype).removeprefix("torch."), ms=seconds * 1e3,
+               effective_tflops=6 * logits(name, n, v) * d / seconds / 1e12,
+               kernel_tflops=kernel_flops(name, n, v, d) / seconds / 1e12 if cuda else None)
+    ref, why = reference_seconds(name, z, patient_id, reps)
+    row.update(reference_ms=ref * 1e3 if ref else None, reference_note=why, vs_reference=ref / seconds if ref else None)
+    if name == "clip" and cuda:
+        other = inf_cl_seconds(z, reps)
+        row.update(inf_cl_ms=other * 1e3 if other else None, vs_inf_cl=other / seconds if other else None)
+    return row
